@@ -1,0 +1,67 @@
+/* config: the immutable, reference-counted configuration of one generation.
+ * config_load() parses an INI file into a new struct config and never exits or
+ * prints: errors come back as "FILE:LINE: key: reason" in the caller's buffer. */
+#ifndef MXFRONT_CONFIG_H
+#define MXFRONT_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct config_addr {
+	struct sockaddr_storage sa; /* unused when unix_path is set */
+	socklen_t salen;
+	char *unix_path;            /* owned; set for "unix:/path" */
+	char *text;                 /* owned; as written, for logs */
+};
+
+struct config {
+	atomic_int refs;
+	char *path; /* owned: the file this came from */
+	char *dir;  /* owned: its directory, base of relative paths */
+
+	/* [server] */
+	struct config_addr *listen; /* owned array */
+	size_t n_listen;
+	char *hostname;
+	unsigned max_clients;
+	uint64_t max_message_size;
+	unsigned max_recipients;
+	unsigned max_errors;
+
+	/* [backend] */
+	struct config_addr backend;
+	char *backend_protocol;
+	unsigned backend_connect_timeout_ms;
+	unsigned backend_timeout_ms;
+	bool xclient;
+
+	/* [timeouts] */
+	unsigned command_timeout_ms;
+	unsigned data_timeout_ms;
+};
+
+/* Loads PATH into a new config with one reference (the caller's). On error
+ * returns a negative value, *out untouched, and ERR holds "FILE:LINE: key: reason". */
+int config_load(const char *path, struct config **out, char *err, size_t errsize);
+
+/* Takes another reference; returns CFG. */
+struct config *config_ref(struct config *cfg);
+
+/* Drops a reference; frees on the last one. NULL is ignored. */
+void config_unref(struct config *cfg);
+
+/* Parses "host:port", "[v6]:port" or (if ALLOW_UNIX) "unix:/path" into ADDR,
+ * resolving a relative unix path against DIR. Returns 0 or -1 with a reason in ERR. */
+int config_parse_addr(const char *text, const char *dir, bool allow_unix, struct config_addr *addr,
+                      char *err, size_t errsize);
+
+/* Parses "90", "90s", "5m", "1h" into milliseconds. Returns 0 or -1. */
+int config_parse_duration(const char *text, uint64_t *ms);
+
+/* Parses "1024", "10k", "50M", "1G" into bytes. Returns 0 or -1. */
+int config_parse_size(const char *text, uint64_t *bytes);
+
+#endif

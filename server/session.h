@@ -1,0 +1,45 @@
+/* session: one client connection: its socket, timer, input framing, reply
+ * queue and the single close path. Glues smtp (protocol) to relay (backend);
+ * knows no SMTP semantics itself. */
+#ifndef MXFRONT_SESSION_H
+#define MXFRONT_SESSION_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "config.h"
+
+struct session;
+
+/* Who owns the session: told once it is freed, after its last handle closed. */
+struct session_owner {
+	void (*gone)(void *arg, struct session *s);
+	void *arg;
+};
+
+/* Creates a session on LOOP holding a reference to CFG, with its TCP handle
+ * initialised for the caller to uv_accept() into (session_tcp). */
+struct session *session_new(uv_loop_t *loop, struct config *cfg, const struct session_owner *owner);
+
+/* The handle to accept into. */
+uv_tcp_t *session_tcp(struct session *s);
+
+/* Starts the session after accept: greets, or with BUSY set answers
+ * "421 4.7.0 too many connections" and closes. */
+void session_start(struct session *s, bool busy);
+
+/* Ends the session politely (421 4.3.2 for shutdown). */
+void session_shutdown(struct session *s);
+
+/* Closes at once: drops the backend connection (no final dot) and the client.
+ * Idempotent; the session is freed later, then owner->gone is called. */
+void session_close(struct session *s, const char *reason);
+
+/* The owner keeps its sessions in a list of these (embedded in the session). */
+struct session_link {
+	struct session_link *next, *prev;
+	struct session *session;
+};
+struct session_link *session_link(struct session *s);
+
+#endif

@@ -1,0 +1,741 @@
+/* smtp: the SMTP server state machine and its command table.
+ * Fed whole lines by the session and answers by the relay; replies and
+ * backend actions leave only through struct smtp_ops. Never does I/O, never
+ * keeps a pointer to a line it was fed. */
+#include "smtp.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+enum smtp_state {
+	SMTP_STATE_GREETED, /* no HELO/EHLO yet */
+	SMTP_STATE_READY,   /* HELO done, no transaction */
+	SMTP_STATE_MAIL,    /* MAIL accepted: RCPTs and DATA */
+	SMTP_STATE_DATA,    /* receiving message data */
+	SMTP_STATE_CLOSED,  /* QUIT, 421 or timeout: ignore the rest */
+};
+
+enum smtp_wait {
+	SMTP_WAIT_NONE,
+	SMTP_WAIT_RSET_HELLO, /* backend RSET before answering EHLO/HELO */
+	SMTP_WAIT_HELLO,
+	SMTP_WAIT_MAIL,
+	SMTP_WAIT_RCPT,
+	SMTP_WAIT_DATA,
+	SMTP_WAIT_DATA_END,
+	SMTP_WAIT_RSET,
+};
+
+struct smtp {
+	const struct config *cfg;
+	const struct smtp_ops *ops;
+	void *ctx;
+	const char *id;
+	const char *client_ip;
+
+	enum smtp_state state;
+	enum smtp_wait wait;
+	char helo[256];
+	bool esmtp;
+	bool caps_known; /* the backend answered a hello: caps are real */
+	unsigned caps;
+	unsigned errors;
+	unsigned commands;
+	unsigned ntx;
+
+	/* the transaction */
+	char from[SMTP_COMMAND_LINE_MAX];
+	bool backend_tx;   /* the backend accepted MAIL and has not finished */
+	bool backend_lost; /* the backend connection broke during this transaction */
+	char **rcpts;      /* accepted recipients, owned */
+	unsigned nrcpt;
+	unsigned refused;
+	char pending_rcpt[SMTP_COMMAND_LINE_MAX];
+
+	/* message data */
+	uint64_t size;
+	bool prev_crlf;          /* the previous data line ended with CRLF */
+	struct smtp_reply bad;   /* code != 0: the message will be refused with this */
+};
+
+/* ---- replies ---- */
+
+static void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void smtp_send(struct smtp *s, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof buf - 3)
+		n = (int)sizeof buf - 3;
+	buf[n++] = '\r';
+	buf[n++] = '\n';
+	s->ops->reply(s->ctx, buf, (size_t)n);
+}
+
+/* Formats R for the client, adding a generic enhanced status code to lines
+ * without one (RFC 2034: every reply carries one). */
+static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
+{
+	char buf[SMTP_REPLY_TEXT_MAX * 2];
+	size_t o = 0;
+	const char *p = r->text, *end = r->text + r->len;
+	do {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *eol = nl ? nl : end;
+		size_t len = (size_t)(eol - p);
+		char sep = nl ? '-' : ' ';
+		int n;
+		if (smtp_enhanced_code_len(p, len, r->code))
+			n = snprintf(buf + o, sizeof buf - o, "%d%c%.*s\r\n", r->code, sep, (int)len, p);
+		else
+			n = snprintf(buf + o, sizeof buf - o, "%d%c%d.0.0 %.*s\r\n", r->code, sep,
+			             r->code / 100, (int)len, p);
+		if (n < 0 || (size_t)n >= sizeof buf - o)
+			break;
+		o += (size_t)n;
+		p = nl ? nl + 1 : end;
+	} while (p < end);
+	s->ops->reply(s->ctx, buf, o);
+}
+
+static void smtp_error(struct smtp *s, const char *reply)
+{
+	smtp_send(s, "%s", reply);
+	if (++s->errors >= s->cfg->max_errors && s->state != SMTP_STATE_CLOSED) {
+		log_info("sess=%s event=error_limit errors=%u", s->id, s->errors);
+		smtp_send(s, "421 4.7.0 %s Too many errors, closing connection", s->cfg->hostname);
+		s->state = SMTP_STATE_CLOSED;
+		s->ops->close(s->ctx, "error_limit");
+	}
+}
+
+/* ---- transaction ---- */
+
+static void smtp_tx_reset(struct smtp *s)
+{
+	for (unsigned i = 0; i < s->nrcpt; i++)
+		free(s->rcpts[i]);
+	s->nrcpt = 0;
+	s->refused = 0;
+	s->from[0] = '\0';
+	s->backend_tx = false;
+	s->backend_lost = false;
+	s->size = 0;
+	s->bad.code = 0;
+	if (s->state == SMTP_STATE_MAIL || s->state == SMTP_STATE_DATA)
+		s->state = SMTP_STATE_READY;
+}
+
+static void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
+{
+	char from[300], reply[300], text[SMTP_REPLY_TEXT_MAX + 8];
+	int n = snprintf(text, sizeof text, "%d %s", r->code, r->text);
+	log_info("sess=%s event=transaction id=%s.%u from=<%s> rcpts_ok=%u rcpts_refused=%u size=%llu "
+	         "delivered=%u reply=%s",
+	         s->id, s->id, s->ntx, log_quote(from, sizeof from, s->from, strlen(s->from)),
+	         s->nrcpt, s->refused, (unsigned long long)s->size, delivered,
+	         log_quote(reply, sizeof reply, text, n > 0 ? (size_t)n : 0));
+}
+
+/* ---- EHLO / HELO ---- */
+
+static void smtp_send_hello(struct smtp *s)
+{
+	if (!s->esmtp) {
+		smtp_send(s, "250 %s", s->cfg->hostname);
+		return;
+	}
+	char buf[512];
+	int n = snprintf(buf, sizeof buf,
+	                 "250-%s Hello %s [%s]\r\n"
+	                 "250-PIPELINING\r\n"
+	                 "250-SIZE %llu\r\n"
+	                 "250-8BITMIME\r\n"
+	                 "%s%s"
+	                 "250 ENHANCEDSTATUSCODES\r\n",
+	                 s->cfg->hostname, s->helo, s->client_ip,
+	                 (unsigned long long)s->cfg->max_message_size,
+	                 (s->caps & SMTP_EXT_SMTPUTF8) ? "250-SMTPUTF8\r\n" : "",
+	                 (s->caps & SMTP_EXT_DSN) ? "250-DSN\r\n" : "");
+	s->ops->reply(s->ctx, buf, (size_t)n);
+}
+
+static void smtp_hello_continue(struct smtp *s)
+{
+	if (!s->caps_known) {
+		s->wait = SMTP_WAIT_HELLO;
+		s->ops->backend_hello(s->ctx, s->helo);
+		return;
+	}
+	smtp_send_hello(s);
+}
+
+static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args, size_t len)
+{
+	size_t n = 0;
+	while (n < len && (unsigned char)args[n] > ' ' && (unsigned char)args[n] < 0x7f)
+		n++;
+	if (n == 0 || n >= sizeof s->helo || (n < len && args[n] != ' ')) {
+		smtp_error(s, verb == SMTP_VERB_EHLO ? "501 5.5.4 Syntax: EHLO hostname"
+		                                     : "501 5.5.4 Syntax: HELO hostname");
+		return;
+	}
+	memcpy(s->helo, args, n);
+	s->helo[n] = '\0';
+	s->esmtp = verb == SMTP_VERB_EHLO;
+	bool had_tx = s->backend_tx;
+	smtp_tx_reset(s);
+	s->state = SMTP_STATE_READY;
+	/* RFC 5321 4.1.4: EHLO inside a transaction resets it, at the backend too. */
+	if (had_tx) {
+		s->wait = SMTP_WAIT_RSET_HELLO;
+		s->ops->backend_command(s->ctx, "RSET\r\n", 6);
+		return;
+	}
+	smtp_hello_continue(s);
+}
+
+void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned caps)
+{
+	if (s->wait != SMTP_WAIT_HELLO)
+		return;
+	s->wait = SMTP_WAIT_NONE;
+	/* A backend that is down now is tried again at MAIL; EHLO still succeeds
+	 * and offers only what needs no backend support. */
+	s->caps_known = r->code / 100 == 2;
+	s->caps = s->caps_known ? caps : 0;
+	if (!s->caps_known)
+		log_warn("sess=%s event=backend_unavailable stage=hello code=%d", s->id, r->code);
+	smtp_send_hello(s);
+}
+
+/* ---- MAIL ---- */
+
+static bool smtp_has_8bit(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return true;
+	return false;
+}
+
+/* Checks MAIL parameters and appends the ones the backend gets to OUT.
+ * Returns NULL or the reply refusing them. */
+static const char *smtp_mail_params(struct smtp *s, const struct smtp_path *p, char *out, size_t size,
+                                    bool *utf8)
+{
+	*utf8 = false;
+	size_t o = strlen(out);
+	for (size_t i = 0; i < p->nparams; i++) {
+		const struct smtp_param *pa = &p->params[i];
+		bool forward = true;
+		if (smtp_param_is(pa, "SIZE")) {
+			uint64_t v;
+			if (!pa->value || smtp_parse_u64(pa->value, pa->valuelen, &v) < 0)
+				return "501 5.5.4 Bad SIZE parameter";
+			if (v > s->cfg->max_message_size)
+				return "552 5.3.4 Message size exceeds fixed maximum message size";
+			forward = s->caps & SMTP_EXT_SIZE;
+		} else if (smtp_param_is(pa, "BODY")) {
+			if (!pa->value || (!(pa->valuelen == 4 && strncasecmp(pa->value, "7BIT", 4) == 0) &&
+			                   !(pa->valuelen == 8 && strncasecmp(pa->value, "8BITMIME", 8) == 0)))
+				return "555 5.5.4 Unsupported BODY parameter";
+			forward = s->caps & SMTP_EXT_8BITMIME;
+		} else if (smtp_param_is(pa, "SMTPUTF8") && (s->caps & SMTP_EXT_SMTPUTF8)) {
+			if (pa->value)
+				return "501 5.5.4 SMTPUTF8 takes no value";
+			*utf8 = true;
+		} else if (smtp_param_is(pa, "RET") && (s->caps & SMTP_EXT_DSN)) {
+			if (!pa->value || !((pa->valuelen == 4 && strncasecmp(pa->value, "FULL", 4) == 0) ||
+			                    (pa->valuelen == 4 && strncasecmp(pa->value, "HDRS", 4) == 0)))
+				return "501 5.5.4 Bad RET parameter";
+		} else if (smtp_param_is(pa, "ENVID") && (s->caps & SMTP_EXT_DSN)) {
+			if (!pa->value || pa->valuelen > 100 || !smtp_valid_xtext(pa->value, pa->valuelen))
+				return "501 5.5.4 Bad ENVID parameter";
+		} else {
+			return "555 5.5.4 Unsupported MAIL parameter";
+		}
+		if (forward) {
+			int n = snprintf(out + o, size - o, " %.*s%s%.*s", (int)pa->keylen, pa->key,
+			                 pa->value ? "=" : "", (int)pa->valuelen, pa->value ? pa->value : "");
+			if (n < 0 || (size_t)n >= size - o)
+				return "500 5.5.2 Line too long";
+			o += (size_t)n;
+		}
+	}
+	return NULL;
+}
+
+static const char *smtp_path_reply(enum smtp_path_error e, bool mail)
+{
+	switch (e) {
+	case SMTP_PATH_PARAMS:
+		return "555 5.5.4 Malformed or too many parameters";
+	case SMTP_PATH_ADDRESS:
+		return mail ? "553 5.1.7 Bad sender address syntax" : "553 5.1.3 Bad recipient address syntax";
+	default:
+		return mail ? "501 5.5.4 Syntax: MAIL FROM:<address>" : "501 5.5.4 Syntax: RCPT TO:<address>";
+	}
+}
+
+static void smtp_cmd_mail(struct smtp *s, const char *args, size_t len)
+{
+	if (s->state == SMTP_STATE_GREETED) {
+		smtp_error(s, "503 5.5.1 Send EHLO or HELO first");
+		return;
+	}
+	if (s->state != SMTP_STATE_READY) {
+		smtp_error(s, "503 5.5.1 Nested MAIL command");
+		return;
+	}
+	struct smtp_path p;
+	bool utf8_ok = s->caps & SMTP_EXT_SMTPUTF8;
+	enum smtp_path_error e = smtp_parse_path(args, len, "FROM:", true, false, utf8_ok, &p);
+	if (e != SMTP_PATH_OK) {
+		smtp_error(s, smtp_path_reply(e, true));
+		return;
+	}
+	char line[SMTP_COMMAND_LINE_MAX + 64];
+	snprintf(line, sizeof line, "MAIL FROM:<%.*s>", (int)p.addrlen, p.addr);
+	bool utf8;
+	const char *refuse = smtp_mail_params(s, &p, line, sizeof line - 2, &utf8);
+	if (!refuse && !utf8 && smtp_has_8bit(p.addr, p.addrlen))
+		refuse = "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter";
+	if (refuse) {
+		smtp_error(s, refuse);
+		return;
+	}
+	snprintf(s->from, sizeof s->from, "%.*s", (int)p.addrlen, p.addr);
+	strcat(line, "\r\n");
+	s->wait = SMTP_WAIT_MAIL;
+	s->ops->backend_command(s->ctx, line, strlen(line));
+}
+
+/* ---- RCPT ---- */
+
+static const char *smtp_rcpt_params(struct smtp *s, const struct smtp_path *p, char *out, size_t size)
+{
+	size_t o = strlen(out);
+	for (size_t i = 0; i < p->nparams; i++) {
+		const struct smtp_param *pa = &p->params[i];
+		if (!(s->caps & SMTP_EXT_DSN) ||
+		    !(smtp_param_is(pa, "NOTIFY") || smtp_param_is(pa, "ORCPT")))
+			return "555 5.5.4 Unsupported RCPT parameter";
+		if (!pa->value)
+			return "501 5.5.4 Parameter needs a value";
+		if (smtp_param_is(pa, "ORCPT")) {
+			const char *semi = memchr(pa->value, ';', pa->valuelen);
+			if (!semi || semi == pa->value || pa->valuelen > 500)
+				return "501 5.5.4 Bad ORCPT parameter";
+		}
+		int n = snprintf(out + o, size - o, " %.*s=%.*s", (int)pa->keylen, pa->key,
+		                 (int)pa->valuelen, pa->value);
+		if (n < 0 || (size_t)n >= size - o)
+			return "500 5.5.2 Line too long";
+		o += (size_t)n;
+	}
+	return NULL;
+}
+
+static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
+{
+	if (s->state != SMTP_STATE_MAIL) {
+		smtp_error(s, "503 5.5.1 Need MAIL command first");
+		return;
+	}
+	if (s->nrcpt >= s->cfg->max_recipients) {
+		s->refused++;
+		smtp_send(s, "452 4.5.3 Too many recipients");
+		return;
+	}
+	if (s->backend_lost) {
+		s->refused++;
+		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
+		return;
+	}
+	struct smtp_path p;
+	enum smtp_path_error e = smtp_parse_path(args, len, "TO:", false, true,
+	                                         s->caps & SMTP_EXT_SMTPUTF8, &p);
+	if (e != SMTP_PATH_OK) {
+		smtp_error(s, smtp_path_reply(e, false));
+		return;
+	}
+	char line[SMTP_COMMAND_LINE_MAX + 64];
+	snprintf(line, sizeof line, "RCPT TO:<%.*s>", (int)p.addrlen, p.addr);
+	const char *refuse = smtp_rcpt_params(s, &p, line, sizeof line - 2);
+	if (refuse) {
+		smtp_error(s, refuse);
+		return;
+	}
+	snprintf(s->pending_rcpt, sizeof s->pending_rcpt, "%.*s", (int)p.addrlen, p.addr);
+	strcat(line, "\r\n");
+	s->wait = SMTP_WAIT_RCPT;
+	s->ops->backend_command(s->ctx, line, strlen(line));
+}
+
+/* ---- DATA ---- */
+
+static void smtp_send_received(struct smtp *s)
+{
+	char date[64], hdr[1024];
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	bool v6 = strchr(s->client_ip, ':') != NULL;
+	int n;
+	/* RFC 5321 4.4; "for" only names a single recipient, never a list. */
+	if (s->nrcpt == 1)
+		n = snprintf(hdr, sizeof hdr,
+		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u\r\n"
+		             "\tfor <%s>; %s\r\n",
+		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname,
+		             s->esmtp ? "ESMTP" : "SMTP", s->id, s->ntx, s->rcpts[0], date);
+	else
+		n = snprintf(hdr, sizeof hdr,
+		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u;\r\n"
+		             "\t%s\r\n",
+		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname,
+		             s->esmtp ? "ESMTP" : "SMTP", s->id, s->ntx, date);
+	if (n > 0 && (size_t)n < sizeof hdr)
+		s->ops->backend_data(s->ctx, hdr, (size_t)n);
+}
+
+static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
+{
+	if (len) {
+		smtp_error(s, "501 5.5.4 Syntax: DATA");
+		return;
+	}
+	if (s->state != SMTP_STATE_MAIL) {
+		smtp_error(s, s->state == SMTP_STATE_GREETED ? "503 5.5.1 Send EHLO or HELO first"
+		                                             : "503 5.5.1 Need MAIL command first");
+		return;
+	}
+	if (s->nrcpt == 0) {
+		/* RFC 2920 3.1: with pipelining, DATA after refused RCPTs. */
+		smtp_error(s, "554 5.5.1 No valid recipients");
+		return;
+	}
+	if (s->backend_lost) {
+		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
+		return;
+	}
+	s->wait = SMTP_WAIT_DATA;
+	s->ops->backend_command(s->ctx, "DATA\r\n", 6);
+}
+
+/* Marks the message as refused with CODE/TEXT; the backend's copy is dropped. */
+static void smtp_data_refuse(struct smtp *s, int code, const char *text)
+{
+	if (s->bad.code)
+		return;
+	smtp_reply_set(&s->bad, code, text);
+	if (!s->backend_lost)
+		s->ops->backend_abort(s->ctx);
+	s->backend_lost = true;
+}
+
+static void smtp_data_finish(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
+{
+	smtp_send_reply(s, r);
+	smtp_log_tx(s, r, delivered);
+	smtp_tx_reset(s);
+}
+
+static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags)
+{
+	bool end = len == 3 && memcmp(line, ".\r\n", 3) == 0 && s->prev_crlf && flags == 0;
+	s->prev_crlf = !(flags & SMTP_LINE_BARE_LF);
+	if (end) {
+		if (s->bad.code) {
+			smtp_data_finish(s, &s->bad, 0);
+			return;
+		}
+		s->wait = SMTP_WAIT_DATA_END;
+		s->ops->backend_data_end(s->ctx, s->nrcpt);
+		return;
+	}
+	s->size += len;
+	if (flags & SMTP_LINE_TOO_LONG)
+		smtp_data_refuse(s, 554, "5.6.0 Message has a line longer than 1000 octets");
+	else if (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR))
+		smtp_data_refuse(s, 554, "5.6.0 Message has a bare CR or LF (RFC 5321 2.3.8)");
+	else if (s->size > s->cfg->max_message_size)
+		smtp_data_refuse(s, 552, "5.3.4 Message size exceeds fixed maximum message size");
+	if (!s->bad.code)
+		s->ops->backend_data(s->ctx, line, len);
+}
+
+unsigned smtp_map_lmtp(const struct smtp_reply *r, unsigned n, struct smtp_reply *out)
+{
+	unsigned ok = 0;
+	const struct smtp_reply *refusal = NULL;
+	for (unsigned i = 0; i < n; i++) {
+		if (r[i].code / 100 == 2)
+			ok++;
+		else if (!refusal || (refusal->code / 100 == 5 && r[i].code / 100 == 4))
+			refusal = &r[i];
+	}
+	if (ok == n && n > 0)
+		smtp_reply_set(out, 250, "2.0.0 Ok: delivered");
+	else if (ok == 0 && refusal)
+		*out = *refusal;
+	else
+		smtp_reply_set(out, 451, "4.3.0 Delivered to some recipients only, try again later");
+	return ok;
+}
+
+void smtp_backend_data_done(struct smtp *s, const struct smtp_reply *replies, unsigned n)
+{
+	if (s->wait != SMTP_WAIT_DATA_END)
+		return;
+	s->wait = SMTP_WAIT_NONE;
+	struct smtp_reply out;
+	unsigned ok = smtp_map_lmtp(replies, n, &out);
+	if (ok && ok < n) {
+		/* A retry of the whole message may duplicate it for these. */
+		for (unsigned i = 0; i < n && i < s->nrcpt; i++) {
+			char rcpt[300], reply[300];
+			log_warn("sess=%s event=partial_delivery id=%s.%u rcpt=%s delivered=%s reply=%s",
+			         s->id, s->id, s->ntx,
+			         log_quote(rcpt, sizeof rcpt, s->rcpts[i], strlen(s->rcpts[i])),
+			         replies[i].code / 100 == 2 ? "yes" : "no",
+			         log_quote(reply, sizeof reply, replies[i].text, replies[i].len));
+		}
+	}
+	smtp_data_finish(s, &out, ok);
+}
+
+/* ---- RSET, QUIT and the simple ones ---- */
+
+static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
+{
+	if (len) {
+		smtp_error(s, "501 5.5.4 Syntax: RSET");
+		return;
+	}
+	bool had_tx = s->backend_tx && !s->backend_lost;
+	smtp_tx_reset(s);
+	if (had_tx) {
+		s->wait = SMTP_WAIT_RSET;
+		s->ops->backend_command(s->ctx, "RSET\r\n", 6);
+		return;
+	}
+	smtp_send(s, "250 2.0.0 Ok");
+}
+
+static void smtp_cmd_simple(struct smtp *s, enum smtp_verb verb)
+{
+	switch (verb) {
+	case SMTP_VERB_NOOP:
+		smtp_send(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_VERB_QUIT:
+		smtp_send(s, "221 2.0.0 %s Bye", s->cfg->hostname);
+		s->state = SMTP_STATE_CLOSED;
+		s->ops->close(s->ctx, "quit");
+		break;
+	case SMTP_VERB_VRFY:
+		smtp_send(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+		break;
+	case SMTP_VERB_HELP:
+		smtp_send(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+		break;
+	default:
+		smtp_error(s, "502 5.5.1 Command not implemented");
+		break;
+	}
+}
+
+/* ---- the backend's answers ---- */
+
+void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
+{
+	enum smtp_wait w = s->wait;
+	s->wait = SMTP_WAIT_NONE;
+	if (r->lost && s->state == SMTP_STATE_MAIL)
+		s->backend_lost = true;
+	switch (w) {
+	case SMTP_WAIT_MAIL:
+		if (r->code / 100 == 2) {
+			s->state = SMTP_STATE_MAIL;
+			s->backend_tx = true;
+			s->ntx++;
+		} else {
+			s->from[0] = '\0';
+		}
+		smtp_send_reply(s, r);
+		break;
+	case SMTP_WAIT_RCPT:
+		if (r->code / 100 == 2 && !r->lost) {
+			char **grown = realloc(s->rcpts, (s->nrcpt + 1) * sizeof *grown);
+			char *copy = strdup(s->pending_rcpt);
+			if (!grown || !copy) {
+				free(copy);
+				if (grown)
+					s->rcpts = grown;
+				smtp_send(s, "452 4.3.1 Out of memory");
+				break;
+			}
+			s->rcpts = grown;
+			s->rcpts[s->nrcpt++] = copy;
+		} else {
+			s->refused++;
+		}
+		smtp_send_reply(s, r);
+		break;
+	case SMTP_WAIT_DATA:
+		if (r->code == 354) {
+			s->state = SMTP_STATE_DATA;
+			s->prev_crlf = true;
+			s->size = 0;
+			s->bad.code = 0;
+			smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
+			smtp_send_received(s);
+		} else {
+			struct smtp_reply odd;
+			smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
+			smtp_send_reply(s, r->code / 100 == 2 ? &odd : r);
+		}
+		break;
+	case SMTP_WAIT_RSET:
+		smtp_send(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_WAIT_RSET_HELLO:
+		smtp_hello_continue(s);
+		break;
+	default:
+		s->wait = w;
+		break;
+	}
+}
+
+void smtp_backend_failed(struct smtp *s)
+{
+	if (s->state == SMTP_STATE_DATA) {
+		s->backend_lost = true; /* nothing to abort: it is gone */
+		smtp_data_refuse(s, 451, "4.4.2 Backend connection lost during the message, try again later");
+	} else if (s->state == SMTP_STATE_MAIL) {
+		s->backend_lost = true;
+	}
+}
+
+/* ---- dispatch ---- */
+
+void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	if (s->state == SMTP_STATE_DATA) {
+		smtp_data_line(s, line, len, flags);
+		return;
+	}
+	s->commands++;
+	if (flags & SMTP_LINE_TOO_LONG) {
+		smtp_error(s, "500 5.5.2 Line too long");
+		return;
+	}
+	if (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR | SMTP_LINE_NUL)) {
+		smtp_error(s, flags & SMTP_LINE_NUL ? "500 5.5.2 NUL byte in command"
+		                                    : "500 5.5.2 Bare CR or LF in command, use CRLF");
+		return;
+	}
+	len -= 2; /* CRLF */
+	const char *args;
+	bool space;
+	enum smtp_verb verb = smtp_parse_verb(line, len, &args, &space);
+	size_t alen = len - (size_t)(args - line);
+	while (alen && args[alen - 1] == ' ')
+		alen--;
+	switch (verb) {
+	case SMTP_VERB_HELO:
+	case SMTP_VERB_EHLO:
+		smtp_cmd_hello(s, verb, args, alen);
+		break;
+	case SMTP_VERB_MAIL:
+		smtp_cmd_mail(s, args, alen);
+		break;
+	case SMTP_VERB_RCPT:
+		smtp_cmd_rcpt(s, args, alen);
+		break;
+	case SMTP_VERB_DATA:
+		smtp_cmd_data(s, args, alen);
+		break;
+	case SMTP_VERB_RSET:
+		smtp_cmd_rset(s, args, alen);
+		break;
+	case SMTP_VERB_UNKNOWN:
+		smtp_error(s, "500 5.5.2 Command unrecognized");
+		break;
+	default:
+		smtp_cmd_simple(s, verb);
+		break;
+	}
+}
+
+void smtp_goodbye(struct smtp *s, const char *enhanced, const char *text, const char *reason)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	if (s->state == SMTP_STATE_DATA && !s->backend_lost)
+		s->ops->backend_abort(s->ctx);
+	smtp_send(s, "421 %s %s %s", enhanced, s->cfg->hostname, text);
+	s->state = SMTP_STATE_CLOSED;
+	s->ops->close(s->ctx, reason);
+}
+
+void smtp_greet(struct smtp *s)
+{
+	smtp_send(s, "220 %s ESMTP mxfront", s->cfg->hostname);
+}
+
+bool smtp_busy(const struct smtp *s)
+{
+	return s->wait != SMTP_WAIT_NONE;
+}
+
+bool smtp_in_data(const struct smtp *s)
+{
+	return s->state == SMTP_STATE_DATA;
+}
+
+unsigned smtp_commands(const struct smtp *s)
+{
+	return s->commands;
+}
+
+struct smtp *smtp_new(const struct config *cfg, const struct smtp_ops *ops, void *ctx,
+                      const char *id, const char *client_ip)
+{
+	struct smtp *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->cfg = cfg;
+	s->ops = ops;
+	s->ctx = ctx;
+	s->id = id;
+	s->client_ip = client_ip;
+	s->state = SMTP_STATE_GREETED;
+	return s;
+}
+
+void smtp_free(struct smtp *s)
+{
+	if (!s)
+		return;
+	smtp_tx_reset(s);
+	free(s->rcpts);
+	free(s);
+}
