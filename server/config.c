@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <ini.h>
 #include <limits.h>
 #include <netdb.h>
@@ -24,6 +25,8 @@ enum config_type {
 	CONFIG_DURATION,
 	CONFIG_BOOL,
 	CONFIG_STRING,
+	CONFIG_PATH,
+	CONFIG_PRIORITY,
 	CONFIG_LISTEN,
 	CONFIG_BACKEND,
 	CONFIG_PROTOCOL,
@@ -55,8 +58,15 @@ static const struct config_key config_keys[] = {
 	  300000, "10s" },
 	{ "backend", "timeout", CONFIG_DURATION, OFF(backend_timeout_ms), 1000, 3600000, "5m" },
 	{ "backend", "xclient", CONFIG_BOOL, OFF(xclient), 0, 0, "yes" },
+	{ "tls", "certs_dir", CONFIG_PATH, OFF(tls_certs_dir), 0, 0, "certs.d" },
+	{ "tls", "default_cert", CONFIG_STRING, OFF(tls_default_cert), 0, 0, "" },
+	{ "tls", "sni_strict", CONFIG_BOOL, OFF(tls_sni_strict), 0, 0, "no" },
+	{ "tls", "priority", CONFIG_PRIORITY, OFF(tls_priority), 0, 0,
+	  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE" },
+	{ "tls", "require", CONFIG_BOOL, OFF(tls_require), 0, 0, "no" },
 	{ "timeouts", "command", CONFIG_DURATION, OFF(command_timeout_ms), 1000, 3600000, "5m" },
 	{ "timeouts", "data", CONFIG_DURATION, OFF(data_timeout_ms), 1000, 3600000, "3m" },
+	{ "timeouts", "handshake", CONFIG_DURATION, OFF(handshake_timeout_ms), 1000, 600000, "1m" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])
@@ -71,9 +81,11 @@ struct config_loader {
 int config_parse_duration(const char *text, uint64_t *ms)
 {
 	char *end;
+	if (text[0] < '0' || text[0] > '9')
+		return -1;
 	errno = 0;
 	unsigned long long v = strtoull(text, &end, 10);
-	if (end == text || errno || text[0] == '-')
+	if (errno)
 		return -1;
 	uint64_t mult = 1000;
 	if (*end == 's')
@@ -91,9 +103,11 @@ int config_parse_duration(const char *text, uint64_t *ms)
 int config_parse_size(const char *text, uint64_t *bytes)
 {
 	char *end;
+	if (text[0] < '0' || text[0] > '9')
+		return -1;
 	errno = 0;
 	unsigned long long v = strtoull(text, &end, 10);
-	if (end == text || errno || text[0] == '-')
+	if (errno)
 		return -1;
 	uint64_t mult = 1;
 	switch (*end) {
@@ -184,6 +198,7 @@ static void config_addr_fini(struct config_addr *addr)
 {
 	free(addr->unix_path);
 	free(addr->text);
+	free(addr->default_cert);
 }
 
 static char *config_trim(char *s)
@@ -194,6 +209,25 @@ static char *config_trim(char *s)
 	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
 		s[--n] = '\0';
 	return s;
+}
+
+/* One listen item: "ADDR" or "ADDR default_cert=NAME". */
+static int config_parse_listen_item(char *item, const char *dir, struct config_addr *a, char *why,
+                                    size_t whysize)
+{
+	char *save = NULL;
+	char *addr = strtok_r(item, " \t", &save);
+	if (config_parse_addr(addr, dir, false, a, why, whysize) < 0)
+		return -1;
+	for (char *opt = strtok_r(NULL, " \t", &save); opt; opt = strtok_r(NULL, " \t", &save)) {
+		if (strncmp(opt, "default_cert=", 13) != 0 || opt[13] == '\0' || a->default_cert) {
+			snprintf(why, whysize, "'%s': unknown listener option (only default_cert=NAME)", opt);
+			config_addr_fini(a);
+			return -1;
+		}
+		a->default_cert = strdup(opt + 13);
+	}
+	return 0;
 }
 
 /* "listen": replaces the list with the comma-separated addresses in VALUE. */
@@ -214,7 +248,7 @@ static int config_set_listen(struct config *cfg, const char *value, char *why, s
 			break;
 		}
 		list = grown;
-		if (config_parse_addr(tok, cfg->dir, false, &list[n], why, whysize) < 0) {
+		if (config_parse_listen_item(tok, cfg->dir, &list[n], why, whysize) < 0) {
 			rc = -1;
 			break;
 		}
@@ -316,6 +350,28 @@ static int config_set(struct config *cfg, const struct config_key *k, const char
 		*(char **)field = copy;
 		return 0;
 	}
+	case CONFIG_PATH: {
+		char *path = value[0] ? config_join_path(cfg->dir, value) : NULL;
+		if (!path) {
+			snprintf(why, whysize, "needs a path");
+			return -1;
+		}
+		free(*(char **)field);
+		*(char **)field = path;
+		return 0;
+	}
+	case CONFIG_PRIORITY: {
+		gnutls_priority_t prio;
+		const char *where = NULL;
+		int rc = gnutls_priority_init2(&prio, value, &where, 0);
+		if (rc < 0) {
+			snprintf(why, whysize, "%s near '%.40s'", gnutls_strerror(rc), where ? where : "");
+			return -1;
+		}
+		gnutls_priority_deinit(prio);
+		return config_set(cfg, &(struct config_key){ .type = CONFIG_STRING, .offset = k->offset },
+		                  value, why, whysize);
+	}
 	case CONFIG_PROTOCOL:
 		if (strcmp(value, "lmtp") != 0) {
 			snprintf(why, whysize, "'%s' is not supported (only lmtp)", value);
@@ -355,6 +411,8 @@ static int config_ini_cb(void *user, const char *section, const char *name, cons
 {
 	struct config_loader *ld = user;
 	char why[200];
+	if (ld->reason[0])
+		return 0; /* keep the first error: its line is the one ini_parse reports */
 	bool section_known;
 	const struct config_key *k = config_find(section, name, &section_known);
 	if (!k) {
@@ -388,6 +446,9 @@ static void config_free(struct config *cfg)
 	free(cfg->hostname);
 	config_addr_fini(&cfg->backend);
 	free(cfg->backend_protocol);
+	free(cfg->tls_certs_dir);
+	free(cfg->tls_default_cert);
+	free(cfg->tls_priority);
 	free(cfg);
 }
 
@@ -485,6 +546,10 @@ int config_load(const char *path, struct config **out, char *err, size_t errsize
 		         CONFIG_MAX_LINE - 1);
 		rc = -1;
 	}
+#ifdef HAVE_INI_STOP_ON_FIRST_ERROR
+	/* Debian's inih: stop at the first error, so a later one can't hide it. */
+	ini_stop_on_first_error = true;
+#endif
 	if (rc == 0 && (ld.line = ini_parse_file(f, config_ini_cb, &ld)) != 0) {
 		if (ld.reason[0])
 			snprintf(err, errsize, "%s:%d: %s", path, ld.line, ld.reason);

@@ -15,6 +15,7 @@ struct config_addr {
 	socklen_t salen;
 	char *unix_path;            /* owned; set for "unix:/path" */
 	char *text;                 /* owned; as written, for logs */
+	char *default_cert;         /* owned; listen only: this listener's default certificate name */
 };
 
 struct config {
@@ -38,9 +39,17 @@ struct config {
 	unsigned backend_timeout_ms;
 	bool xclient;
 
+	/* [tls] */
+	char *tls_certs_dir; /* absolute, or made so from the config file's directory */
+	char *tls_default_cert;
+	bool tls_sni_strict;
+	char *tls_priority;
+	bool tls_require;
+
 	/* [timeouts] */
 	unsigned command_timeout_ms;
 	unsigned data_timeout_ms;
+	unsigned handshake_timeout_ms;
 };
 
 /* Loads PATH into a new config with one reference (the caller's). On error

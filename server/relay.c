@@ -248,6 +248,7 @@ static void relay_send_xclient(struct relay *r)
 	}
 	o += (size_t)snprintf(line + o, sizeof line - o, "\r\n");
 	r->state = RELAY_XCLIENT;
+	relay_arm(r, r->cfg->backend_timeout_ms);
 	relay_send(r, line, o);
 }
 
@@ -257,6 +258,9 @@ static void relay_send_lhlo(struct relay *r, const char *name, enum relay_state 
 	int n = snprintf(line, sizeof line, "LHLO %s\r\n", name);
 	r->caps = 0;
 	r->state = next;
+	/* connect_timeout covers the connection and greeting; each reply after
+	 * that gets the ordinary reply timeout. */
+	relay_arm(r, r->cfg->backend_timeout_ms);
 	relay_send(r, line, (size_t)n);
 }
 

@@ -4,6 +4,7 @@
  * keeps a pointer to a line it was fed. */
 #include "smtp.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ enum smtp_wait {
 	SMTP_WAIT_DATA,
 	SMTP_WAIT_DATA_END,
 	SMTP_WAIT_RSET,
+	SMTP_WAIT_TLS, /* STARTTLS accepted, handshake in progress */
 };
 
 struct smtp {
@@ -47,11 +49,15 @@ struct smtp {
 	unsigned errors;
 	unsigned commands;
 	unsigned ntx;
+	bool tls_available;
+	bool tls;           /* TLS is active */
+	char tls_info[160]; /* for Received: "TLS1.3 AES-128-GCM sni=..." */
 
 	/* the transaction */
 	char from[SMTP_COMMAND_LINE_MAX];
 	bool backend_tx;   /* the backend accepted MAIL and has not finished */
 	bool backend_lost; /* the backend connection broke during this transaction */
+	bool tx_utf8;      /* MAIL had SMTPUTF8 (RFC 6531): UTF-8 recipients allowed */
 	char **rcpts;      /* accepted recipients, owned */
 	unsigned nrcpt;
 	unsigned refused;
@@ -87,7 +93,9 @@ static void smtp_send(struct smtp *s, const char *fmt, ...)
  * without one (RFC 2034: every reply carries one). */
 static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 {
-	char buf[SMTP_REPLY_TEXT_MAX * 2];
+	/* Worst case: every text byte a line of its own, each with "NNN-c.0.0 "
+	 * and CRLF added: 13 bytes of overhead per line. */
+	char buf[SMTP_REPLY_TEXT_MAX * 14 + 16];
 	size_t o = 0;
 	const char *p = r->text, *end = r->text + r->len;
 	do {
@@ -101,8 +109,7 @@ static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 		else
 			n = snprintf(buf + o, sizeof buf - o, "%d%c%d.0.0 %.*s\r\n", r->code, sep,
 			             r->code / 100, (int)len, p);
-		if (n < 0 || (size_t)n >= sizeof buf - o)
-			break;
+		assert(n > 0 && (size_t)n < sizeof buf - o);
 		o += (size_t)n;
 		p = nl ? nl + 1 : end;
 	} while (p < end);
@@ -131,6 +138,7 @@ static void smtp_tx_reset(struct smtp *s)
 	s->from[0] = '\0';
 	s->backend_tx = false;
 	s->backend_lost = false;
+	s->tx_utf8 = false;
 	s->size = 0;
 	s->bad.code = 0;
 	if (s->state == SMTP_STATE_MAIL || s->state == SMTP_STATE_DATA)
@@ -156,18 +164,22 @@ static void smtp_send_hello(struct smtp *s)
 		smtp_send(s, "250 %s", s->cfg->hostname);
 		return;
 	}
-	char buf[512];
+	char buf[1024];
+	/* The first line stays within 512 octets (RFC 5321 4.5.3.1.5) whatever
+	 * the client called itself. */
 	int n = snprintf(buf, sizeof buf,
-	                 "250-%s Hello %s [%s]\r\n"
+	                 "250-%s Hello %.160s [%s]\r\n"
 	                 "250-PIPELINING\r\n"
 	                 "250-SIZE %llu\r\n"
 	                 "250-8BITMIME\r\n"
-	                 "%s%s"
+	                 "%s%s%s"
 	                 "250 ENHANCEDSTATUSCODES\r\n",
 	                 s->cfg->hostname, s->helo, s->client_ip,
 	                 (unsigned long long)s->cfg->max_message_size,
+	                 (s->tls_available && !s->tls) ? "250-STARTTLS\r\n" : "",
 	                 (s->caps & SMTP_EXT_SMTPUTF8) ? "250-SMTPUTF8\r\n" : "",
 	                 (s->caps & SMTP_EXT_DSN) ? "250-DSN\r\n" : "");
+	assert(n > 0 && (size_t)n < sizeof buf);
 	s->ops->reply(s->ctx, buf, (size_t)n);
 }
 
@@ -299,6 +311,10 @@ static void smtp_cmd_mail(struct smtp *s, const char *args, size_t len)
 		smtp_error(s, "503 5.5.1 Nested MAIL command");
 		return;
 	}
+	if (s->cfg->tls_require && !s->tls) {
+		smtp_error(s, "530 5.7.0 Must issue a STARTTLS command first");
+		return;
+	}
 	struct smtp_path p;
 	bool utf8_ok = s->caps & SMTP_EXT_SMTPUTF8;
 	enum smtp_path_error e = smtp_parse_path(args, len, "FROM:", true, false, utf8_ok, &p);
@@ -317,6 +333,7 @@ static void smtp_cmd_mail(struct smtp *s, const char *args, size_t len)
 		return;
 	}
 	snprintf(s->from, sizeof s->from, "%.*s", (int)p.addrlen, p.addr);
+	s->tx_utf8 = utf8;
 	strcat(line, "\r\n");
 	s->wait = SMTP_WAIT_MAIL;
 	s->ops->backend_command(s->ctx, line, strlen(line));
@@ -371,6 +388,10 @@ static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
 		smtp_error(s, smtp_path_reply(e, false));
 		return;
 	}
+	if (!s->tx_utf8 && smtp_has_8bit(p.addr, p.addrlen)) {
+		smtp_error(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL");
+		return;
+	}
 	char line[SMTP_COMMAND_LINE_MAX + 64];
 	snprintf(line, sizeof line, "RCPT TO:<%.*s>", (int)p.addrlen, p.addr);
 	const char *refuse = smtp_rcpt_params(s, &p, line, sizeof line - 2);
@@ -388,28 +409,36 @@ static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
 
 static void smtp_send_received(struct smtp *s)
 {
-	char date[64], hdr[1024];
+	/* Every field is bounded (HELO 255, address 512, names 253, TLS info
+	 * 160), so the header always fits: it is never dropped. */
+	char date[64], hdr[2048];
 	time_t now = time(NULL);
 	struct tm tm;
 	gmtime_r(&now, &tm);
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 	bool v6 = strchr(s->client_ip, ':') != NULL;
+	char with[200];
+	/* RFC 3848 "ESMTPS"; the TLS details as a comment (RFC 8314 4.3 style). */
+	if (s->tls)
+		snprintf(with, sizeof with, "%s (%s)", s->esmtp ? "ESMTPS" : "SMTPS", s->tls_info);
+	else
+		snprintf(with, sizeof with, "%s", s->esmtp ? "ESMTP" : "SMTP");
 	int n;
 	/* RFC 5321 4.4; "for" only names a single recipient, never a list. */
 	if (s->nrcpt == 1)
 		n = snprintf(hdr, sizeof hdr,
 		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u\r\n"
 		             "\tfor <%s>; %s\r\n",
-		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname,
-		             s->esmtp ? "ESMTP" : "SMTP", s->id, s->ntx, s->rcpts[0], date);
+		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname, with, s->id,
+		             s->ntx, s->rcpts[0], date);
 	else
 		n = snprintf(hdr, sizeof hdr,
 		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u;\r\n"
 		             "\t%s\r\n",
-		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname,
-		             s->esmtp ? "ESMTP" : "SMTP", s->id, s->ntx, date);
-	if (n > 0 && (size_t)n < sizeof hdr)
-		s->ops->backend_data(s->ctx, hdr, (size_t)n);
+		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname, with, s->id,
+		             s->ntx, date);
+	assert(n > 0 && (size_t)n < sizeof hdr);
+	s->ops->backend_data(s->ctx, hdr, (size_t)n);
 }
 
 static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
@@ -504,6 +533,10 @@ void smtp_backend_data_done(struct smtp *s, const struct smtp_reply *replies, un
 	s->wait = SMTP_WAIT_NONE;
 	struct smtp_reply out;
 	unsigned ok = smtp_map_lmtp(replies, n, &out);
+	if (n != s->nrcpt) {
+		/* Every recipient must have its own answer; anything else is not a 250. */
+		smtp_reply_set(&out, 451, "4.4.2 Backend protocol error, try again later");
+	}
 	if (ok && ok < n) {
 		/* A retry of the whole message may duplicate it for these. */
 		for (unsigned i = 0; i < n && i < s->nrcpt; i++) {
@@ -551,12 +584,55 @@ static void smtp_cmd_simple(struct smtp *s, enum smtp_verb verb)
 		smtp_send(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
 		break;
 	case SMTP_VERB_HELP:
-		smtp_send(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+		smtp_send(s, "214 2.0.0 Commands: EHLO HELO %sMAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+		          s->tls_available && !s->tls ? "STARTTLS " : "");
 		break;
 	default:
 		smtp_error(s, "502 5.5.1 Command not implemented");
 		break;
 	}
+}
+
+static void smtp_cmd_starttls(struct smtp *s, size_t len)
+{
+	if (len) {
+		smtp_error(s, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (s->tls) {
+		smtp_error(s, "503 5.5.1 TLS already active");
+		return;
+	}
+	if (!s->tls_available) {
+		smtp_error(s, "502 5.5.1 Command not implemented");
+		return;
+	}
+	if (s->state == SMTP_STATE_MAIL) {
+		smtp_error(s, "503 5.5.1 STARTTLS not allowed in a mail transaction");
+		return;
+	}
+	smtp_send(s, "220 2.0.0 Ready to start TLS");
+	s->wait = SMTP_WAIT_TLS;
+	s->ops->starttls(s->ctx);
+}
+
+void smtp_tls_started(struct smtp *s, const char *info)
+{
+	if (s->wait != SMTP_WAIT_TLS)
+		return;
+	s->wait = SMTP_WAIT_NONE;
+	s->tls = true;
+	snprintf(s->tls_info, sizeof s->tls_info, "%s", info);
+	/* RFC 3207 4.2: forget everything learnt before, HELO included. */
+	smtp_tx_reset(s);
+	s->state = SMTP_STATE_GREETED;
+	s->helo[0] = '\0';
+	s->esmtp = false;
+}
+
+void smtp_set_tls_available(struct smtp *s, bool available)
+{
+	s->tls_available = available;
 }
 
 /* ---- the backend's answers ---- */
@@ -575,6 +651,7 @@ void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 			s->ntx++;
 		} else {
 			s->from[0] = '\0';
+			s->tx_utf8 = false;
 		}
 		smtp_send_reply(s, r);
 		break;
@@ -675,6 +752,9 @@ void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 		break;
 	case SMTP_VERB_RSET:
 		smtp_cmd_rset(s, args, alen);
+		break;
+	case SMTP_VERB_STARTTLS:
+		smtp_cmd_starttls(s, alen);
 		break;
 	case SMTP_VERB_UNKNOWN:
 		smtp_error(s, "500 5.5.2 Command unrecognized");

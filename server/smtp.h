@@ -30,6 +30,10 @@ struct smtp_ops {
 	void (*backend_abort)(void *ctx);
 	/* Close the client connection once the replies queued so far are sent. */
 	void (*close)(void *ctx, const char *reason);
+	/* STARTTLS accepted and its 220 queued: send that, drop every byte the
+	 * client sent after the command, start the handshake, then call
+	 * smtp_tls_started() (or close on failure). */
+	void (*starttls)(void *ctx);
 };
 
 struct smtp;
@@ -39,6 +43,14 @@ struct smtp;
 struct smtp *smtp_new(const struct config *cfg, const struct smtp_ops *ops, void *ctx,
                       const char *id, const char *client_ip);
 void smtp_free(struct smtp *s);
+
+/* Whether STARTTLS may be offered (a certificate is loaded). */
+void smtp_set_tls_available(struct smtp *s, bool available);
+
+/* The TLS handshake after STARTTLS completed: the session starts over
+ * (RFC 3207 4.2: the client must EHLO again). INFO, e.g.
+ * "TLS1.3 AES-128-GCM sni=mx.example.com", goes into Received headers. */
+void smtp_tls_started(struct smtp *s, const char *info);
 
 /* Sends the 220 greeting. */
 void smtp_greet(struct smtp *s);

@@ -105,7 +105,7 @@ bool smtp_param_is(const struct smtp_param *p, const char *name);
 /* True if VALUE[0..LEN) is xtext (RFC 3461 4). */
 bool smtp_valid_xtext(const char *value, size_t len);
 
-/* Parses a decimal of at most 20 digits; returns -1 if it is not one. */
+/* Parses a decimal of at most 19 digits; returns -1 if it is not one. */
 int smtp_parse_u64(const char *s, size_t len, uint64_t *out);
 
 /* ---- replies (from the backend) ---- */
