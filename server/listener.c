@@ -15,12 +15,14 @@
 struct listener_sock {
 	uv_tcp_t tcp;
 	struct listener *l;
+	const char *default_cert; /* borrowed from cfg */
 	char text[64];
 };
 
 struct listener {
 	uv_loop_t *loop;
 	struct config *cfg; /* a reference */
+	struct tls_context *tc; /* a reference, or NULL */
 	struct listener_sock *socks;
 	size_t nsocks;
 	size_t open_socks;
@@ -38,6 +40,7 @@ static void listener_maybe_done(struct listener *l)
 	void (*done)(void *) = l->done;
 	void *arg = l->done_arg;
 	config_unref(l->cfg);
+	tls_context_unref(l->tc);
 	free(l->socks);
 	free(l);
 	if (done)
@@ -63,7 +66,7 @@ static void listener_accept_cb(uv_stream_t *server, int status)
 		return;
 	}
 	struct session_owner owner = { listener_session_gone, l };
-	struct session *s = session_new(l->loop, l->cfg, &owner);
+	struct session *s = session_new(l->loop, l->cfg, l->tc, ls->default_cert, &owner);
 	if (!s) {
 		log_error("event=accept_error listen=%s reason=\"out of memory\"", ls->text);
 		return;
@@ -89,6 +92,7 @@ static int listener_bind(struct listener *l, struct listener_sock *ls, const str
 {
 	ls->l = l;
 	ls->tcp.data = ls;
+	ls->default_cert = a->default_cert;
 	snprintf(ls->text, sizeof ls->text, "%s", a->text);
 	uv_tcp_init(l->loop, &ls->tcp);
 	l->open_socks++;
@@ -142,7 +146,8 @@ static void listener_close_socks(struct listener *l)
 			uv_close((uv_handle_t *)&l->socks[i].tcp, listener_sock_closed_cb);
 }
 
-struct listener *listener_new(uv_loop_t *loop, struct config *cfg, char *err, size_t errsize)
+struct listener *listener_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
+                              char *err, size_t errsize)
 {
 	struct listener *l = calloc(1, sizeof *l);
 	struct listener_sock *socks = calloc(cfg->n_listen, sizeof *socks);
@@ -154,6 +159,7 @@ struct listener *listener_new(uv_loop_t *loop, struct config *cfg, char *err, si
 	}
 	l->loop = loop;
 	l->cfg = config_ref(cfg);
+	l->tc = tc ? tls_context_ref(tc) : NULL;
 	l->socks = socks;
 	l->sessions.next = l->sessions.prev = &l->sessions;
 	for (size_t i = 0; i < cfg->n_listen; i++) {

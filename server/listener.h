@@ -7,12 +7,15 @@
 #include <uv.h>
 
 #include "config.h"
+#include "tls.h"
 
 struct listener;
 
-/* Binds and listens on every address of CFG (taking a reference). Returns
- * NULL with ERR filled ("listen ADDR: reason") on failure. */
-struct listener *listener_new(uv_loop_t *loop, struct config *cfg, char *err, size_t errsize);
+/* Binds and listens on every address of CFG, taking references to CFG and
+ * TC (NULL: no STARTTLS). Returns NULL with ERR filled ("listen ADDR:
+ * reason") on failure. */
+struct listener *listener_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
+                              char *err, size_t errsize);
 
 /* Number of listening sockets, and the bound address of socket I as
  * "ip:port" / "[ip6]:port" (useful with port 0). */

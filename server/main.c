@@ -5,13 +5,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "certstore.h"
 #include "config.h"
 #include "listener.h"
 #include "log.h"
 #include "reload.h"
+#include "tls.h"
 
 #define MXFRONT_DEFAULT_CONFIG "/etc/mxfront/mxfront.conf"
 
@@ -19,18 +23,23 @@ static void main_usage(FILE *out)
 {
 	fprintf(out,
 	        "Usage: mxfront [-c FILE] [--address-file FILE]   run in the foreground\n"
-	        "       mxfront -t [-c FILE]                      check the configuration\n"
+	        "       mxfront -t [-c FILE]                      check configuration and certificates\n"
+	        "       mxfront certs [-c FILE]                   list the names served\n"
 	        "       mxfront --version | --help\n"
 	        "\n"
 	        "Inbound SMTP front-end: accepts SMTP and relays every message to an LMTP\n"
 	        "backend, answering the client with the backend's verdict.\n"
 	        "\n"
 	        "  -c, --config FILE        configuration file (default " MXFRONT_DEFAULT_CONFIG ")\n"
-	        "  -t, --test               check the configuration, print problems, exit 0 or 1\n"
+	        "  -t, --test               check the configuration and load certs.d/, print\n"
+	        "                           every problem; exit 1 if there was any\n"
 	        "      --address-file FILE  once listening, write the bound addresses there,\n"
 	        "                           one per line (useful with port 0)\n"
 	        "  -V, --version            print the version\n"
 	        "  -h, --help               print this help\n"
+	        "\n"
+	        "certs: one line per name served by certs.d/: name, certificate directory,\n"
+	        "key type, expiry, days left, and which default it is.\n"
 	        "\n"
 	        "Signals: TERM or INT stop (sessions get 421 4.3.2).\n"
 	        "Logs go to stderr, one key=value line per event.\n");
@@ -57,6 +66,83 @@ static int main_write_addresses(const struct listener *l, const char *path)
 	return 0;
 }
 
+/* certstore problems: logged when running, printed when checking. */
+static void main_cert_problem_cb(void *arg, const char *path, const char *reason)
+{
+	int *problems = arg;
+	(*problems)++;
+	log_warn("event=cert_error file=%s reason=\"%s\"", path, reason);
+}
+
+/* Loads certs.d/ and builds the TLS context. A missing or empty directory
+ * means no STARTTLS (a warning), not a failure; a default that no loaded
+ * certificate serves is a failure. *PROBLEMS counts the bad files. */
+static int main_load_tls(struct config *cfg, struct tls_context **tc, int *problems, char *err,
+                         size_t errsize)
+{
+	struct certstore *cs;
+	*tc = NULL;
+	int before = *problems;
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, problems, &cs) < 0) {
+		/* No certs.d at all is a plaintext-only set-up, not a broken file. */
+		*problems = before;
+		log_warn("event=tls_disabled reason=\"cannot read %s\"", cfg->tls_certs_dir);
+		return 0;
+	}
+	int rc = tls_context_new(cfg, cs, tc, err, errsize);
+	if (rc == 0 && certstore_ncerts(cs) == 0)
+		log_warn("event=tls_disabled reason=\"no usable certificate in %s\"", cfg->tls_certs_dir);
+	else if (rc == 0)
+		log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d", cfg->tls_certs_dir,
+		         certstore_ncerts(cs), certstore_nnames(cs), *problems);
+	certstore_unref(cs);
+	return rc;
+}
+
+struct main_certs_row {
+	const struct config *cfg;
+	time_t now;
+};
+
+static void main_certs_row_cb(void *arg, const char *name, const char *label, const char *keytype,
+                              time_t not_after)
+{
+	const struct main_certs_row *m = arg;
+	char date[32], marks[256] = "";
+	struct tm tm;
+	gmtime_r(&not_after, &tm);
+	strftime(date, sizeof date, "%Y-%m-%d", &tm);
+	const char *def = m->cfg->tls_default_cert[0] ? m->cfg->tls_default_cert : m->cfg->hostname;
+	if (strcasecmp(def, name) == 0)
+		snprintf(marks, sizeof marks, "default");
+	for (size_t i = 0; i < m->cfg->n_listen; i++) {
+		const char *d = m->cfg->listen[i].default_cert;
+		if (d && strcasecmp(d, name) == 0) {
+			size_t n = strlen(marks);
+			snprintf(marks + n, sizeof marks - n, "%slistener-default(%s)", n ? "," : "",
+			         m->cfg->listen[i].text);
+		}
+	}
+	long days = (long)((not_after - m->now) / 86400);
+	printf("%-40s %-24s %-11s %s %5ld %s\n", name, label, keytype, date, days,
+	       marks[0] ? marks : "-");
+}
+
+/* `mxfront certs`: one line per (name, certificate). */
+static int main_certs(struct config *cfg)
+{
+	struct certstore *cs;
+	int problems = 0;
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, &problems, &cs) < 0)
+		return 1;
+	struct main_certs_row m = { cfg, time(NULL) };
+	printf("%-40s %-24s %-11s %-10s %5s %s\n", "NAME", "CERTIFICATE", "KEY", "NOT-AFTER", "DAYS",
+	       "DEFAULT");
+	certstore_foreach(cs, main_certs_row_cb, &m);
+	certstore_unref(cs);
+	return problems ? 1 : 0;
+}
+
 struct main_state {
 	struct listener *listener;
 	struct reload *reload;
@@ -77,13 +163,13 @@ static void main_stop_cb(void *arg)
 		listener_stop(m->listener, main_stopped_cb, m);
 }
 
-static int main_run(struct config *cfg, const char *address_file)
+static int main_run(struct config *cfg, struct tls_context *tc, const char *address_file)
 {
 	uv_loop_t loop;
 	char err[512];
 	struct main_state m = { 0 };
 	uv_loop_init(&loop);
-	m.listener = listener_new(&loop, cfg, err, sizeof err);
+	m.listener = listener_new(&loop, cfg, tc, err, sizeof err);
 	int rc = 0;
 	if (!m.listener) {
 		fprintf(stderr, "mxfront: %s\n", err);
@@ -96,8 +182,9 @@ static int main_run(struct config *cfg, const char *address_file)
 	}
 	if (rc == 0) {
 		m.reload = reload_new(&loop, main_stop_cb, &m);
-		log_info("event=start version=%s hostname=%s backend=%s listeners=%zu", MXFRONT_VERSION,
-		         cfg->hostname, cfg->backend.text, listener_count(m.listener));
+		log_info("event=start version=%s hostname=%s backend=%s listeners=%zu starttls=%s",
+		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, listener_count(m.listener),
+		         tls_context_usable(tc) ? "yes" : "no");
 	}
 	uv_run(&loop, UV_RUN_DEFAULT);
 	reload_free(m.reload);
@@ -133,6 +220,10 @@ int main(int argc, char **argv)
 		default: main_usage(stderr); return 2;
 		}
 	}
+	/* GNU getopt has moved the options before the command word. */
+	bool certs = optind < argc && strcmp(argv[optind], "certs") == 0;
+	if (certs)
+		optind++;
 	if (optind < argc) {
 		fprintf(stderr, "mxfront: unexpected argument '%s'\n", argv[optind]);
 		main_usage(stderr);
@@ -146,12 +237,29 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mxfront: %s\n", err);
 		return 1;
 	}
-	if (test) {
-		printf("mxfront: %s: configuration ok\n", path);
+	if (certs) {
+		int rc = main_certs(cfg);
 		config_unref(cfg);
-		return 0;
+		return rc;
 	}
-	int rc = main_run(cfg, address_file);
+	struct tls_context *tc;
+	int problems = 0;
+	if (main_load_tls(cfg, &tc, &problems, err, sizeof err) < 0) {
+		fprintf(stderr, "mxfront: %s: %s\n", path, err);
+		config_unref(cfg);
+		return 1;
+	}
+	int rc;
+	if (test) {
+		if (problems)
+			fprintf(stderr, "mxfront: %s: %d certificate problem(s), see above\n", path, problems);
+		else
+			printf("mxfront: %s: configuration ok\n", path);
+		rc = problems ? 1 : 0;
+	} else {
+		rc = main_run(cfg, tc, address_file);
+	}
+	tls_context_unref(tc);
 	config_unref(cfg);
 	return rc;
 }

@@ -27,6 +27,13 @@ struct session {
 	struct session_link link;
 	struct smtp *smtp;
 	struct relay *relay;
+	struct tls_context *tc; /* a reference, or NULL */
+	const char *listener_default;
+	struct tls *tls;        /* after STARTTLS */
+	bool tls_ready;         /* handshake done */
+	bool starttls;          /* STARTTLS accepted, switch after the 220 */
+	char *cout;             /* ciphertext not yet handed to uv_write, owned */
+	size_t coutlen, coutcap;
 
 	char id[16];
 	char client_ip[INET6_ADDRSTRLEN];
@@ -83,28 +90,20 @@ static void session_write_cb(uv_write_t *req, int status)
 		session_process(s);
 }
 
-static void session_flush(struct session *s)
+/* Hands *BUF (ownership and all) to uv_write. */
+static void session_write(struct session *s, char **buf, size_t *len, size_t *cap)
 {
-	if (s->closing)
-		return;
-	if (s->relay)
-		relay_flush(s->relay);
-	if (s->outlen == 0) {
-		if (s->close_after_flush && s->unsent == 0)
-			session_close(s, s->close_reason);
-		return;
-	}
 	struct session_wbuf *w = malloc(sizeof *w);
 	if (!w) {
 		session_close(s, "out of memory");
 		return;
 	}
 	w->s = s;
-	w->len = s->outlen;
-	w->data = s->out;
+	w->len = *len;
+	w->data = *buf;
 	w->req.data = w;
-	s->out = NULL;
-	s->outlen = s->outcap = 0;
+	*buf = NULL;
+	*len = *cap = 0;
 	s->unsent += w->len;
 	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
 	int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, session_write_cb);
@@ -116,27 +115,74 @@ static void session_flush(struct session *s)
 	}
 }
 
+/* Writes queued replies (encrypted once TLS is up) and backend data. */
+static void session_flush(struct session *s)
+{
+	if (s->closing)
+		return;
+	if (s->relay)
+		relay_flush(s->relay);
+	if (s->outlen && s->tls) {
+		/* Replies queued after the 220 to STARTTLS wait for the handshake. */
+		if (s->tls_ready) {
+			if (tls_send(s->tls, s->out, s->outlen) < 0) {
+				session_close(s, tls_error(s->tls));
+				return;
+			}
+			s->outlen = 0;
+		}
+	} else if (s->outlen) {
+		session_write(s, &s->out, &s->outlen, &s->outcap);
+	}
+	if (s->coutlen && !s->closing)
+		session_write(s, &s->cout, &s->coutlen, &s->coutcap);
+	if (!s->closing && s->close_after_flush && s->unsent == 0 && s->outlen == 0)
+		session_close(s, s->close_reason);
+}
+
 /* ---- smtp ops ---- */
+
+/* Appends LEN bytes to the growable buffer *BUF (owned by the session). */
+static int session_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+	if (*len + n > *cap) {
+		size_t c = *cap ? *cap * 2 : 1024;
+		while (c < *len + n)
+			c *= 2;
+		char *grown = realloc(*buf, c);
+		if (!grown)
+			return -1;
+		*buf = grown;
+		*cap = c;
+	}
+	memcpy(*buf + *len, data, n);
+	*len += n;
+	return 0;
+}
 
 static void session_op_reply(void *ctx, const char *buf, size_t len)
 {
 	struct session *s = ctx;
 	if (s->closing)
 		return;
-	if (s->outlen + len > s->outcap) {
-		size_t cap = s->outcap ? s->outcap * 2 : 1024;
-		while (cap < s->outlen + len)
-			cap *= 2;
-		char *grown = realloc(s->out, cap);
-		if (!grown) {
-			session_close(s, "out of memory");
-			return;
-		}
-		s->out = grown;
-		s->outcap = cap;
-	}
-	memcpy(s->out + s->outlen, buf, len);
-	s->outlen += len;
+	if (session_append(&s->out, &s->outlen, &s->outcap, buf, len) < 0)
+		session_close(s, "out of memory");
+}
+
+/* tls_io: ciphertext from GnuTLS, written at the next session_flush. */
+static void session_tls_send(void *ctx, const char *buf, size_t len)
+{
+	struct session *s = ctx;
+	if (session_append(&s->cout, &s->coutlen, &s->coutcap, buf, len) < 0)
+		session_close(s, "out of memory");
+}
+
+static const struct tls_io session_tls_io = { .send = session_tls_send };
+
+static void session_op_starttls(void *ctx)
+{
+	struct session *s = ctx;
+	s->starttls = true;
 }
 
 static void session_op_backend_hello(void *ctx, const char *helo)
@@ -184,6 +230,7 @@ static const struct smtp_ops session_smtp_ops = {
 	.backend_data_end = session_op_backend_data_end,
 	.backend_abort = session_op_backend_abort,
 	.close = session_op_close,
+	.starttls = session_op_starttls,
 };
 
 /* ---- relay callbacks: each may free nothing, only continue processing ---- */
@@ -234,6 +281,11 @@ static const struct relay_cbs session_relay_cbs = {
 static void session_timer_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
+	if (s->tls && !s->tls_ready) {
+		log_info("sess=%s event=tls_error reason=\"handshake timeout\"", s->id);
+		session_close(s, "tls handshake timeout");
+		return;
+	}
 	if (smtp_busy(s->smtp)) {
 		/* The relay times the backend; the client is not at fault. */
 		uv_timer_again(t);
@@ -247,14 +299,67 @@ static void session_timer_cb(uv_timer_t *t)
 static void session_arm_timer(struct session *s)
 {
 	unsigned ms = smtp_in_data(s->smtp) ? s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
+	if (s->tls && !s->tls_ready)
+		ms = s->cfg->handshake_timeout_ms;
 	uv_timer_start(&s->timer, session_timer_cb, ms, ms);
 }
 
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
 	struct session *s = h->data;
+	if (s->tls) {
+		size_t len;
+		tls_rx_space(s->tls, &buf->base, &len);
+		buf->len = len;
+		return;
+	}
 	buf->base = s->in + s->inlen;
 	buf->len = sizeof s->in - s->inlen;
+}
+
+/* Drives the handshake; once done, tells smtp and logs what was chosen.
+ * Returns -1 if the session was closed. */
+static int session_tls_handshake(struct session *s)
+{
+	int rc = tls_handshake(s->tls);
+	if (rc == 0)
+		return 0;
+	if (rc < 0) {
+		log_info("sess=%s event=tls_error client=%s sni=%s reason=\"%s\"", s->id, s->client_ip,
+		         tls_sni(s->tls), tls_error(s->tls));
+		session_flush(s); /* the alert */
+		session_close(s, "tls handshake failed");
+		return -1;
+	}
+	s->tls_ready = true;
+	char info[160];
+	snprintf(info, sizeof info, "%s %s sni=%s", tls_version(s->tls), tls_cipher(s->tls),
+	         tls_sni(s->tls));
+	log_info("sess=%s event=tls sni=%s cert=%s match=%s version=%s cipher=%s resumed=%s", s->id,
+	         tls_sni(s->tls), tls_cert(s->tls), tls_match(s->tls), tls_version(s->tls),
+	         tls_cipher(s->tls), tls_resumed(s->tls) ? "yes" : "no");
+	smtp_tls_started(s->smtp, info);
+	session_arm_timer(s);
+	return 0;
+}
+
+/* Moves decrypted bytes into the input buffer while there is room.
+ * Returns -1 if the session was closed. */
+static int session_tls_fill(struct session *s)
+{
+	if (!s->tls_ready && session_tls_handshake(s) < 0)
+		return -1;
+	while (s->tls_ready && s->inlen < sizeof s->in && tls_has_input(s->tls)) {
+		ssize_t n = tls_recv(s->tls, s->in + s->inlen, sizeof s->in - s->inlen);
+		if (n == 0)
+			break;
+		if (n < 0) {
+			session_close(s, tls_error(s->tls));
+			return -1;
+		}
+		s->inlen += (size_t)n;
+	}
+	return 0;
 }
 
 static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -266,8 +371,12 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 		session_close(s, nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
 		return;
 	}
-	s->inlen += (size_t)nread;
-	session_arm_timer(s);
+	if (s->tls)
+		tls_received(s->tls, (size_t)nread);
+	else
+		s->inlen += (size_t)nread;
+	if (!s->tls || s->tls_ready)
+		session_arm_timer(s);
 	session_process(s);
 }
 
@@ -275,6 +384,39 @@ static bool session_backlogged(const struct session *s)
 {
 	return s->unsent + s->outlen >= SESSION_OUT_HIGH ||
 	       (s->relay && relay_pending(s->relay) > RELAY_HIGH_WATER);
+}
+
+/* STARTTLS was accepted: the 220 leaves in plaintext, every byte the client
+ * pipelined after the command is dropped (RFC 3207 4.2; CVE-2011-0411), and
+ * from now on the socket carries TLS. */
+static void session_start_tls(struct session *s)
+{
+	s->starttls = false;
+	if (s->inlen)
+		log_info("sess=%s event=starttls_discard bytes=%zu", s->id, s->inlen);
+	s->inlen = 0;
+	session_flush(s);
+	if (s->closing)
+		return;
+	s->tls = tls_new(s->tc, s->listener_default, &session_tls_io, s, s->id);
+	if (!s->tls) {
+		session_close(s, "tls setup failed");
+		return;
+	}
+	session_arm_timer(s);
+}
+
+static bool session_can_read(const struct session *s)
+{
+	if (s->close_after_flush || session_backlogged(s))
+		return false;
+	if (s->tls) {
+		char *b;
+		size_t len;
+		tls_rx_space(s->tls, &b, &len);
+		return len > 0;
+	}
+	return s->inlen < sizeof s->in;
 }
 
 /* Feeds complete lines to smtp while it can take them, then decides whether
@@ -289,6 +431,8 @@ static void session_process(struct session *s)
 	s->processing = true;
 	do {
 		s->again = false;
+		if (s->tls && session_tls_fill(s) < 0)
+			break;
 		size_t off = 0;
 		while (!s->closing && !s->close_after_flush && !smtp_busy(s->smtp) &&
 		       !session_backlogged(s)) {
@@ -306,12 +450,17 @@ static void session_process(struct session *s)
 		}
 		memmove(s->in, s->in + off, s->inlen - off);
 		s->inlen -= off;
+		if (s->starttls && !s->closing)
+			session_start_tls(s);
+		/* Room was made: TLS may hold more decrypted input. */
+		if (s->tls && s->tls_ready && off && tls_has_input(s->tls))
+			s->again = true;
 	} while (s->again && !s->closing);
 	s->processing = false;
 	session_flush(s);
 	if (s->closing)
 		return;
-	bool want = !s->close_after_flush && s->inlen < sizeof s->in && !session_backlogged(s);
+	bool want = session_can_read(s);
 	if (want && !s->reading) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
 			s->reading = true;
@@ -342,13 +491,16 @@ static void session_make_id(char *out, size_t size)
 	snprintf(out, size, "%012llx", (unsigned long long)((seed + n) & 0xffffffffffffull));
 }
 
-struct session *session_new(uv_loop_t *loop, struct config *cfg, const struct session_owner *owner)
+struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
+                            const char *listener_default, const struct session_owner *owner)
 {
 	struct session *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
 	s->loop = loop;
 	s->cfg = config_ref(cfg);
+	s->tc = tc ? tls_context_ref(tc) : NULL;
+	s->listener_default = listener_default;
 	s->owner = *owner;
 	s->link.session = s;
 	session_make_id(s->id, sizeof s->id);
@@ -404,6 +556,7 @@ void session_start(struct session *s, bool busy)
 		session_close(s, "out of memory");
 		return;
 	}
+	smtp_set_tls_available(s->smtp, tls_context_usable(s->tc));
 	if (busy) {
 		char reply[300];
 		int n = snprintf(reply, sizeof reply, "421 4.7.0 %s Too many connections, try again later\r\n",
@@ -433,6 +586,10 @@ static void session_handle_closed_cb(uv_handle_t *h)
 		return;
 	smtp_free(s->smtp);
 	free(s->out);
+	free(s->cout);
+	/* GnuTLS holds pointers to the credentials until gnutls_deinit. */
+	tls_free(s->tls);
+	tls_context_unref(s->tc);
 	config_unref(s->cfg);
 	s->owner.gone(s->owner.arg, s);
 	free(s);

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "tls.h"
 
 struct session;
 
@@ -17,9 +18,12 @@ struct session_owner {
 	void *arg;
 };
 
-/* Creates a session on LOOP holding a reference to CFG, with its TCP handle
- * initialised for the caller to uv_accept() into (session_tcp). */
-struct session *session_new(uv_loop_t *loop, struct config *cfg, const struct session_owner *owner);
+/* Creates a session on LOOP holding references to CFG and TC (NULL: no
+ * STARTTLS), with its TCP handle initialised for the caller to uv_accept()
+ * into (session_tcp). LISTENER_DEFAULT (borrowed from CFG) is the listening
+ * address's own default certificate name, or NULL. */
+struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
+                            const char *listener_default, const struct session_owner *owner);
 
 /* The handle to accept into. */
 uv_tcp_t *session_tcp(struct session *s);
