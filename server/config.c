@@ -52,6 +52,10 @@ static const struct config_key config_keys[] = {
 	  "50M" },
 	{ "server", "max_recipients", CONFIG_UINT, OFF(max_recipients), 1, 100000, "100" },
 	{ "server", "max_errors", CONFIG_UINT, OFF(max_errors), 1, 1000, "20" },
+	{ "server", "shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 1000, 3600000,
+	  "30s" },
+	{ "server", "user", CONFIG_STRING, OFF(user), 0, 0, "" },
+	{ "server", "group", CONFIG_STRING, OFF(group), 0, 0, "" },
 	{ "backend", "address", CONFIG_BACKEND, OFF(backend), 0, 0, "127.0.0.1:24" },
 	{ "backend", "protocol", CONFIG_PROTOCOL, OFF(backend_protocol), 0, 0, "lmtp" },
 	{ "backend", "connect_timeout", CONFIG_DURATION, OFF(backend_connect_timeout_ms), 1000,
@@ -444,6 +448,8 @@ static void config_free(struct config *cfg)
 		config_addr_fini(&cfg->listen[i]);
 	free(cfg->listen);
 	free(cfg->hostname);
+	free(cfg->user);
+	free(cfg->group);
 	config_addr_fini(&cfg->backend);
 	free(cfg->backend_protocol);
 	free(cfg->tls_certs_dir);

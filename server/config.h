@@ -31,6 +31,9 @@ struct config {
 	uint64_t max_message_size;
 	unsigned max_recipients;
 	unsigned max_errors;
+	unsigned shutdown_timeout_ms;
+	char *user;  /* switch to this user after binding; "" = stay */
+	char *group; /* and this group; "" = the user's primary group */
 
 	/* [backend] */
 	struct config_addr backend;

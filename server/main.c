@@ -1,6 +1,9 @@
 /* main: command line, wiring of config, listener and signals, exit code.
  * The only place that prints to stdout or exits; holds no protocol logic. */
+#include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,29 +44,10 @@ static void main_usage(FILE *out)
 	        "certs: one line per name served by certs.d/: name, certificate directory,\n"
 	        "key type, expiry, days left, and which default it is.\n"
 	        "\n"
-	        "Signals: TERM or INT stop (sessions get 421 4.3.2).\n"
+	        "Signals: HUP reloads the configuration and certs.d/ (kept as they were if\n"
+	        "anything fails to load); TERM or INT stop gracefully: idle sessions get\n"
+	        "421 4.3.2, transactions in progress get [server] shutdown_timeout.\n"
 	        "Logs go to stderr, one key=value line per event.\n");
-}
-
-/* Writes the bound addresses to PATH via a temporary file and rename, so a
- * reader never sees half of it. */
-static int main_write_addresses(const struct listener *l, const char *path)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		return -1;
-	for (size_t i = 0; i < listener_count(l); i++) {
-		char addr[80];
-		if (listener_address(l, i, addr, sizeof addr) == 0)
-			fprintf(f, "%s\n", addr);
-	}
-	if (fclose(f) != 0 || rename(tmp, path) != 0) {
-		unlink(tmp);
-		return -1;
-	}
-	return 0;
 }
 
 /* certstore problems: logged when running, printed when checking. */
@@ -77,26 +61,72 @@ static void main_cert_problem_cb(void *arg, const char *path, const char *reason
 /* Loads certs.d/ and builds the TLS context. A missing or empty directory
  * means no STARTTLS (a warning), not a failure; a default that no loaded
  * certificate serves is a failure. *PROBLEMS counts the bad files. */
-static int main_load_tls(struct config *cfg, struct tls_context **tc, int *problems, char *err,
-                         size_t errsize)
+static int main_load_tls(struct config *cfg, struct certstore **cs, struct tls_context **tc,
+                         int *problems, char *err, size_t errsize)
 {
-	struct certstore *cs;
 	*tc = NULL;
+	*cs = NULL;
 	int before = *problems;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, problems, &cs) < 0) {
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, problems, cs) < 0) {
 		/* No certs.d at all is a plaintext-only set-up, not a broken file. */
 		*problems = before;
+		*cs = NULL;
 		log_warn("event=tls_disabled reason=\"cannot read %s\"", cfg->tls_certs_dir);
 		return 0;
 	}
-	int rc = tls_context_new(cfg, cs, tc, err, errsize);
-	if (rc == 0 && certstore_ncerts(cs) == 0)
+	int rc = tls_context_new(cfg, *cs, tc, err, errsize);
+	if (rc == 0 && certstore_ncerts(*cs) == 0)
 		log_warn("event=tls_disabled reason=\"no usable certificate in %s\"", cfg->tls_certs_dir);
 	else if (rc == 0)
 		log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d", cfg->tls_certs_dir,
-		         certstore_ncerts(cs), certstore_nnames(cs), *problems);
-	certstore_unref(cs);
+		         certstore_ncerts(*cs), certstore_nnames(*cs), *problems);
 	return rc;
+}
+
+/* Switches to [server] user/group once the sockets are bound and the keys
+ * read, before any client byte. Running on as root needs user = root. */
+static int main_drop_privileges(const struct config *cfg, char *err, size_t errsize)
+{
+	if (cfg->user[0] == '\0') {
+		if (geteuid() == 0) {
+			snprintf(err, errsize, "refusing to run as root: set [server] user "
+			                       "(user = root to accept the risk)");
+			return -1;
+		}
+		return 0;
+	}
+	struct passwd *pw = getpwnam(cfg->user);
+	if (!pw) {
+		snprintf(err, errsize, "[server] user: no such user '%s'", cfg->user);
+		return -1;
+	}
+	gid_t gid = pw->pw_gid;
+	if (cfg->group[0]) {
+		struct group *gr = getgrnam(cfg->group);
+		if (!gr) {
+			snprintf(err, errsize, "[server] group: no such group '%s'", cfg->group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (geteuid() != 0) {
+		if (pw->pw_uid == geteuid())
+			return 0;
+		snprintf(err, errsize, "[server] user: cannot switch to '%s' without root", cfg->user);
+		return -1;
+	}
+	if (pw->pw_uid == 0)
+		return 0; /* told to stay root */
+	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+		snprintf(err, errsize, "cannot switch to user '%s': %s", cfg->user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errsize, "could regain root after switching to '%s'", cfg->user);
+		return -1;
+	}
+	log_info("event=privileges user=%s uid=%d gid=%d", cfg->user, (int)pw->pw_uid, (int)gid);
+	return 0;
 }
 
 struct main_certs_row {
@@ -143,51 +173,40 @@ static int main_certs(struct config *cfg)
 	return problems ? 1 : 0;
 }
 
-struct main_state {
-	struct listener *listener;
-	struct reload *reload;
-};
-
 static void main_stopped_cb(void *arg)
 {
-	struct main_state *m = arg;
-	m->listener = NULL;
-	reload_free(m->reload);
-	m->reload = NULL;
+	(void)arg;
 }
 
-static void main_stop_cb(void *arg)
-{
-	struct main_state *m = arg;
-	if (m->listener)
-		listener_stop(m->listener, main_stopped_cb, m);
-}
-
-static int main_run(struct config *cfg, struct tls_context *tc, const char *address_file)
+/* Binds, drops privileges, hands the generation to reload and runs the loop
+ * until a graceful stop has closed everything. */
+static int main_run(const char *path, struct config *cfg, struct certstore *cs,
+                    struct tls_context *tc, const char *address_file)
 {
 	uv_loop_t loop;
 	char err[512];
-	struct main_state m = { 0 };
 	uv_loop_init(&loop);
-	m.listener = listener_new(&loop, cfg, tc, err, sizeof err);
+	struct listener *l = listener_new(&loop, cfg, tc, err, sizeof err);
 	int rc = 0;
-	if (!m.listener) {
+	if (!l) {
 		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
-	} else if (address_file && main_write_addresses(m.listener, address_file) < 0) {
+	} else if (main_drop_privileges(cfg, err, sizeof err) < 0) {
+		fprintf(stderr, "mxfront: %s: %s\n", path, err);
+		rc = 1;
+	} else if (address_file && listener_write_addresses(l, address_file) < 0) {
 		fprintf(stderr, "mxfront: cannot write %s\n", address_file);
-		listener_stop(m.listener, NULL, NULL);
-		m.listener = NULL;
+		rc = 1;
+	} else if (!reload_new(&loop, path, address_file, cfg, cs, tc, l, main_stopped_cb, NULL)) {
+		fprintf(stderr, "mxfront: out of memory\n");
 		rc = 1;
 	}
-	if (rc == 0) {
-		m.reload = reload_new(&loop, main_stop_cb, &m);
+	if (rc == 0)
 		log_info("event=start version=%s hostname=%s backend=%s listeners=%zu starttls=%s",
-		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, listener_count(m.listener),
+		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, listener_count(l),
 		         tls_context_usable(tc) ? "yes" : "no");
-	}
-	uv_run(&loop, UV_RUN_DEFAULT);
-	reload_free(m.reload);
+	else if (l)
+		listener_stop(l, NULL, NULL);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&loop) != 0)
 		log_warn("event=exit reason=\"handles left open\"");
@@ -243,9 +262,11 @@ int main(int argc, char **argv)
 		return rc;
 	}
 	struct tls_context *tc;
+	struct certstore *cs;
 	int problems = 0;
-	if (main_load_tls(cfg, &tc, &problems, err, sizeof err) < 0) {
+	if (main_load_tls(cfg, &cs, &tc, &problems, err, sizeof err) < 0) {
 		fprintf(stderr, "mxfront: %s: %s\n", path, err);
+		certstore_unref(cs);
 		config_unref(cfg);
 		return 1;
 	}
@@ -257,8 +278,9 @@ int main(int argc, char **argv)
 			printf("mxfront: %s: configuration ok\n", path);
 		rc = problems ? 1 : 0;
 	} else {
-		rc = main_run(cfg, tc, address_file);
+		rc = main_run(path, cfg, cs, tc, address_file);
 	}
+	certstore_unref(cs);
 	tls_context_unref(tc);
 	config_unref(cfg);
 	return rc;

@@ -1,17 +1,25 @@
-/* reload: the daemon's signals. SIGTERM and SIGINT ask for a graceful stop;
- * SIGHUP (configuration and certificate reload) is logged and ignored until
- * reload is implemented. */
+/* reload: the daemon's signals and its live generation. SIGHUP re-reads the
+ * configuration and certs.d/ on a worker thread and switches new sessions to
+ * the result only if everything loaded; SIGTERM/SIGINT stop gracefully. */
 #ifndef MXFRONT_RELOAD_H
 #define MXFRONT_RELOAD_H
 
 #include <uv.h>
 
+#include "certstore.h"
+#include "config.h"
+#include "listener.h"
+#include "tls.h"
+
 struct reload;
 
-/* Watches the signals on LOOP; STOP(ARG) is called on the first TERM/INT. */
-struct reload *reload_new(uv_loop_t *loop, void (*stop)(void *arg), void *arg);
-
-/* Stops watching; the memory goes with the handles' close callbacks. */
-void reload_free(struct reload *r);
+/* Takes over the running generation (references to CFG, CS (may be NULL)
+ * and TC (may be NULL), and the listener L) and watches the signals.
+ * PATH is the configuration file to re-read; ADDRESS_FILE (or NULL) is
+ * rewritten after each reload. STOPPED(ARG) is called once the listener has
+ * stopped after TERM/INT; the reload then frees itself. */
+struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address_file,
+                          struct config *cfg, struct certstore *cs, struct tls_context *tc,
+                          struct listener *l, void (*stopped)(void *arg), void *arg);
 
 #endif

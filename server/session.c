@@ -47,6 +47,7 @@ struct session {
 	bool reading;
 	bool processing;
 	bool again;
+	bool draining; /* graceful stop: close as soon as smtp is idle */
 
 	char *out; /* replies not yet handed to uv_write, owned */
 	size_t outlen, outcap;
@@ -457,6 +458,9 @@ static void session_process(struct session *s)
 			s->again = true;
 	} while (s->again && !s->closing);
 	s->processing = false;
+	if (s->draining && !s->closing && !s->close_after_flush && !s->starttls &&
+	    (!s->tls || s->tls_ready) && smtp_idle(s->smtp))
+		smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
 	if (s->closing)
 		return;
@@ -575,6 +579,22 @@ void session_shutdown(struct session *s)
 {
 	if (s->closing || !s->smtp)
 		return;
+	s->draining = true;
+	session_process(s);
+}
+
+void session_shutdown_now(struct session *s)
+{
+	if (s->closing || !s->smtp)
+		return;
+	s->draining = true;
+	if (s->tls && !s->tls_ready) {
+		session_close(s, "shutdown during tls handshake");
+		return;
+	}
+	if (smtp_delivering(s->smtp))
+		return; /* closes once the verdict is in */
+	log_info("sess=%s event=shutdown_cut", s->id);
 	smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
 }

@@ -32,8 +32,14 @@ uv_tcp_t *session_tcp(struct session *s);
  * "421 4.7.0 too many connections" and closes. */
 void session_start(struct session *s, bool busy);
 
-/* Ends the session politely (421 4.3.2 for shutdown). */
+/* Graceful stop: an idle session gets "421 4.3.2" and closes now; one in a
+ * transaction finishes it first and closes at its next command. */
 void session_shutdown(struct session *s);
+
+/* The stop's grace time is over: 421 now, dropping a message in progress at
+ * the backend before its final dot. Only a message whose final dot was
+ * already sent is waited for (its verdict is owed to the client). */
+void session_shutdown_now(struct session *s);
 
 /* Closes at once: drops the backend connection (no final dot) and the client.
  * Idempotent; the session is freed later, then owner->gone is called. */

@@ -786,6 +786,17 @@ bool smtp_busy(const struct smtp *s)
 	return s->wait != SMTP_WAIT_NONE;
 }
 
+bool smtp_idle(const struct smtp *s)
+{
+	return s->wait == SMTP_WAIT_NONE &&
+	       (s->state == SMTP_STATE_GREETED || s->state == SMTP_STATE_READY);
+}
+
+bool smtp_delivering(const struct smtp *s)
+{
+	return s->wait == SMTP_WAIT_DATA_END;
+}
+
 bool smtp_in_data(const struct smtp *s)
 {
 	return s->state == SMTP_STATE_DATA;

@@ -61,6 +61,14 @@ void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags);
 /* True while a backend answer is awaited: feed no more lines until it comes. */
 bool smtp_busy(const struct smtp *s);
 
+/* True between transactions with no backend answer awaited: the session
+ * may be ended without cutting anything. */
+bool smtp_idle(const struct smtp *s);
+
+/* True once the final dot went to the backend and its verdict is awaited:
+ * cutting the session now could deliver without telling the client. */
+bool smtp_delivering(const struct smtp *s);
+
 /* True while receiving message data (the framing limit is then the text line limit). */
 bool smtp_in_data(const struct smtp *s);
 
