@@ -30,6 +30,7 @@ enum config_type {
 	CONFIG_LISTEN,
 	CONFIG_BACKEND,
 	CONFIG_PROTOCOL,
+	CONFIG_BARE_NEWLINE,
 };
 
 struct config_key {
@@ -54,6 +55,10 @@ static const struct config_key config_keys[] = {
 	{ "server", "max_errors", CONFIG_UINT, OFF(max_errors), 1, 1000, "20" },
 	{ "server", "shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 1000, 3600000,
 	  "30s" },
+	{ "server", "max_clients_per_ip", CONFIG_UINT, OFF(max_clients_per_ip), 0, 1000000, "50" },
+	{ "server", "max_connection_rate", CONFIG_UINT, OFF(max_connection_rate), 0, 1000000, "0" },
+	{ "server", "max_junk_commands", CONFIG_UINT, OFF(max_junk_commands), 1, 100000, "100" },
+	{ "server", "greeting_delay", CONFIG_DURATION, OFF(greeting_delay_ms), 0, 60000, "0" },
 	{ "server", "user", CONFIG_STRING, OFF(user), 0, 0, "" },
 	{ "server", "group", CONFIG_STRING, OFF(group), 0, 0, "" },
 	{ "backend", "address", CONFIG_BACKEND, OFF(backend), 0, 0, "127.0.0.1:24" },
@@ -62,6 +67,7 @@ static const struct config_key config_keys[] = {
 	  300000, "10s" },
 	{ "backend", "timeout", CONFIG_DURATION, OFF(backend_timeout_ms), 1000, 3600000, "5m" },
 	{ "backend", "xclient", CONFIG_BOOL, OFF(xclient), 0, 0, "yes" },
+	{ "smtp", "bare_newline", CONFIG_BARE_NEWLINE, OFF(bare_newline_normalize), 0, 0, "reject" },
 	{ "tls", "certs_dir", CONFIG_PATH, OFF(tls_certs_dir), 0, 0, "certs.d" },
 	{ "tls", "default_cert", CONFIG_STRING, OFF(tls_default_cert), 0, 0, "" },
 	{ "tls", "sni_strict", CONFIG_BOOL, OFF(tls_sni_strict), 0, 0, "no" },
@@ -376,6 +382,13 @@ static int config_set(struct config *cfg, const struct config_key *k, const char
 		return config_set(cfg, &(struct config_key){ .type = CONFIG_STRING, .offset = k->offset },
 		                  value, why, whysize);
 	}
+	case CONFIG_BARE_NEWLINE:
+		if (strcmp(value, "reject") != 0 && strcmp(value, "normalize") != 0) {
+			snprintf(why, whysize, "'%s' is not reject or normalize", value);
+			return -1;
+		}
+		*(bool *)field = strcmp(value, "normalize") == 0;
+		return 0;
 	case CONFIG_PROTOCOL:
 		if (strcmp(value, "lmtp") != 0) {
 			snprintf(why, whysize, "'%s' is not supported (only lmtp)", value);

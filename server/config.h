@@ -32,6 +32,10 @@ struct config {
 	unsigned max_recipients;
 	unsigned max_errors;
 	unsigned shutdown_timeout_ms;
+	unsigned max_clients_per_ip;   /* 0: no limit */
+	unsigned max_connection_rate;  /* per client address per minute; 0: no limit */
+	unsigned max_junk_commands;    /* NOOP, VRFY, HELP, RSET, unknown */
+	unsigned greeting_delay_ms;    /* 0: greet at once, no early-talker check */
 	char *user;  /* switch to this user after binding; "" = stay */
 	char *group; /* and this group; "" = the user's primary group */
 
@@ -41,6 +45,9 @@ struct config {
 	unsigned backend_connect_timeout_ms;
 	unsigned backend_timeout_ms;
 	bool xclient;
+
+	/* [smtp] */
+	bool bare_newline_normalize; /* else reject */
 
 	/* [tls] */
 	char *tls_certs_dir; /* absolute, or made so from the config file's directory */

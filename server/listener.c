@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "iplimit.h"
 #include "log.h"
 #include "session.h"
 
@@ -30,6 +31,7 @@ struct listener {
 	size_t nsocks;
 	size_t open_handles; /* sockets and the timer not yet closed */
 	unsigned nclients;
+	struct iplimit *iplimit;
 	struct session_link sessions; /* list head */
 	uv_timer_t shutdown_timer;
 	bool stopping;
@@ -47,6 +49,7 @@ static void listener_maybe_done(struct listener *l)
 	void *arg = l->done_arg;
 	config_unref(l->cfg);
 	tls_context_unref(l->tc);
+	iplimit_free(l->iplimit);
 	free(l->socks);
 	free(l);
 	if (done)
@@ -59,10 +62,39 @@ static void listener_session_gone(void *arg, struct session *s)
 	struct session_link *k = session_link(s);
 	k->prev->next = k->next;
 	k->next->prev = k->prev;
+	if (k->counted)
+		iplimit_release(l->iplimit, (struct sockaddr *)&k->peer);
 	l->nclients--;
 	if (l->stopping && l->nclients == 0 && !uv_is_closing((uv_handle_t *)&l->shutdown_timer))
 		uv_close((uv_handle_t *)&l->shutdown_timer, listener_timer_closed_cb);
 	listener_maybe_done(l);
+}
+
+/* Applies max_clients and the per-address limits to a new connection.
+ * Returns NULL to admit it, or the refusal text for its 421. */
+static const char *listener_admit(struct listener *l, struct session_link *k, uv_tcp_t *tcp)
+{
+	const struct config *cfg = l->cfg;
+	if (l->nclients > cfg->max_clients) {
+		log_warn("event=limit kind=max_clients limit=%u", cfg->max_clients);
+		return "Too many connections, try again later";
+	}
+	int len = sizeof k->peer;
+	if (uv_tcp_getpeername(tcp, (struct sockaddr *)&k->peer, &len) != 0)
+		return NULL;
+	switch (iplimit_acquire(l->iplimit, (struct sockaddr *)&k->peer, uv_now(l->loop),
+	                        cfg->max_clients_per_ip, cfg->max_connection_rate)) {
+	case IPLIMIT_OK:
+		k->counted = true;
+		return NULL;
+	case IPLIMIT_TOO_MANY:
+		log_warn("event=limit kind=max_clients_per_ip limit=%u", cfg->max_clients_per_ip);
+		return "Too many connections from your address, try again later";
+	case IPLIMIT_TOO_FAST:
+		log_warn("event=limit kind=max_connection_rate limit=%u/min", cfg->max_connection_rate);
+		return "Too many connections from your address per minute, try again later";
+	}
+	return NULL;
 }
 
 static void listener_accept_cb(uv_stream_t *server, int status)
@@ -89,10 +121,7 @@ static void listener_accept_cb(uv_stream_t *server, int status)
 		session_close(s, "accept failed");
 		return;
 	}
-	bool busy = l->nclients > l->cfg->max_clients;
-	if (busy)
-		log_warn("event=limit kind=max_clients limit=%u", l->cfg->max_clients);
-	session_start(s, busy);
+	session_start(s, listener_admit(l, k, session_tcp(s)));
 }
 
 static void listener_sock_closed_cb(uv_handle_t *h)
@@ -258,6 +287,12 @@ struct listener *listener_new(uv_loop_t *loop, struct config *cfg, struct tls_co
 	}
 	l->loop = loop;
 	l->sessions.next = l->sessions.prev = &l->sessions;
+	l->iplimit = iplimit_new();
+	if (!l->iplimit) {
+		free(l);
+		snprintf(err, errsize, "out of memory");
+		return NULL;
+	}
 	uv_timer_init(loop, &l->shutdown_timer);
 	l->shutdown_timer.data = l;
 	l->open_handles = 1;

@@ -48,6 +48,7 @@ struct session {
 	bool processing;
 	bool again;
 	bool draining; /* graceful stop: close as soon as smtp is idle */
+	bool pregreet; /* greeting_delay running: any byte now is an early talker */
 
 	char *out; /* replies not yet handed to uv_write, owned */
 	size_t outlen, outcap;
@@ -372,6 +373,19 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 		session_close(s, nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
 		return;
 	}
+	if (s->pregreet) {
+		/* RFC 5321 3.1: the client waits for the greeting. */
+		s->pregreet = false;
+		log_info("sess=%s event=early_talker client=%s bytes=%zd", s->id, s->client_ip, nread);
+		char reply[300];
+		int n = snprintf(reply, sizeof reply,
+		                 "554 5.5.0 %s SMTP synchronization error: talked before the greeting\r\n",
+		                 s->cfg->hostname);
+		session_op_reply(s, reply, (size_t)n);
+		session_op_close(s, "early_talker");
+		session_flush(s);
+		return;
+	}
 	if (s->tls)
 		tls_received(s->tls, (size_t)nread);
 	else
@@ -547,7 +561,18 @@ static void session_peer(struct session *s)
 	}
 }
 
-void session_start(struct session *s, bool busy)
+static void session_greet_cb(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	if (!s->pregreet)
+		return;
+	s->pregreet = false;
+	smtp_greet(s->smtp);
+	session_arm_timer(s);
+	session_process(s);
+}
+
+void session_start(struct session *s, const char *refuse)
 {
 	s->started_ms = session_now_ms(s->loop);
 	session_peer(s);
@@ -561,13 +586,19 @@ void session_start(struct session *s, bool busy)
 		return;
 	}
 	smtp_set_tls_available(s->smtp, tls_context_usable(s->tc));
-	if (busy) {
+	if (refuse) {
 		char reply[300];
-		int n = snprintf(reply, sizeof reply, "421 4.7.0 %s Too many connections, try again later\r\n",
-		                 s->cfg->hostname);
+		int n = snprintf(reply, sizeof reply, "421 4.7.0 %s %s\r\n", s->cfg->hostname, refuse);
 		session_op_reply(s, reply, (size_t)n);
-		session_op_close(s, "too_many_clients");
+		session_op_close(s, "refused");
 		session_flush(s);
+		return;
+	}
+	if (s->cfg->greeting_delay_ms) {
+		s->pregreet = true;
+		uv_timer_start(&s->timer, session_greet_cb, s->cfg->greeting_delay_ms, 0);
+		if (uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
+			s->reading = true;
 		return;
 	}
 	smtp_greet(s->smtp);

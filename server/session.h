@@ -28,9 +28,10 @@ struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_cont
 /* The handle to accept into. */
 uv_tcp_t *session_tcp(struct session *s);
 
-/* Starts the session after accept: greets, or with BUSY set answers
- * "421 4.7.0 too many connections" and closes. */
-void session_start(struct session *s, bool busy);
+/* Starts the session after accept: greets (after [server] greeting_delay,
+ * refusing a client that talks first), or with REFUSE set answers
+ * "421 4.7.0 HOSTNAME <REFUSE>" and closes. */
+void session_start(struct session *s, const char *refuse);
 
 /* Graceful stop: an idle session gets "421 4.3.2" and closes now; one in a
  * transaction finishes it first and closes at its next command. */
@@ -49,6 +50,8 @@ void session_close(struct session *s, const char *reason);
 struct session_link {
 	struct session_link *next, *prev;
 	struct session *session;
+	struct sockaddr_storage peer; /* the owner's: for per-address limits */
+	bool counted;                 /* the owner counted it against its address */
 };
 struct session_link *session_link(struct session *s);
 

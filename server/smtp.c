@@ -47,6 +47,7 @@ struct smtp {
 	bool caps_known; /* the backend answered a hello: caps are real */
 	unsigned caps;
 	unsigned errors;
+	unsigned junk;
 	unsigned commands;
 	unsigned ntx;
 	bool tls_available;
@@ -483,9 +484,39 @@ static void smtp_data_finish(struct smtp *s, const struct smtp_reply *r, unsigne
 	smtp_tx_reset(s);
 }
 
+/* [smtp] bare_newline = normalize: every bare CR or LF leaves as CRLF, so
+ * the backend still gets canonical lines. The end of DATA is not affected:
+ * only a real CRLF.CRLF ends it. A line that only became a line here (after
+ * a converted CR or LF) and is a lone "." is stuffed to "..": the backend
+ * must not see an end of data that mxfront did not see. */
+static void smtp_data_normalized(struct smtp *s, const char *line, size_t len, bool fresh)
+{
+	char out[SMTP_TEXT_LINE_MAX * 3];
+	size_t o = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (fresh && line[i] == '.' &&
+		    (i + 1 == len || line[i + 1] == '\r' || line[i + 1] == '\n'))
+			out[o++] = '.';
+		fresh = false;
+		if (line[i] == '\r' && i + 1 < len && line[i + 1] == '\n') {
+			out[o++] = '\r';
+			out[o++] = '\n';
+			i++;
+		} else if (line[i] == '\r' || line[i] == '\n') {
+			out[o++] = '\r';
+			out[o++] = '\n';
+			fresh = true;
+		} else {
+			out[o++] = line[i];
+		}
+	}
+	s->ops->backend_data(s->ctx, out, o);
+}
+
 static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 {
 	bool end = len == 3 && memcmp(line, ".\r\n", 3) == 0 && s->prev_crlf && flags == 0;
+	bool after_bare = !s->prev_crlf;
 	s->prev_crlf = !(flags & SMTP_LINE_BARE_LF);
 	if (end) {
 		if (s->bad.code) {
@@ -497,13 +528,21 @@ static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigne
 		return;
 	}
 	s->size += len;
+	bool normalize = s->cfg->bare_newline_normalize && !(flags & SMTP_LINE_TOO_LONG) &&
+	                 (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR));
 	if (flags & SMTP_LINE_TOO_LONG)
 		smtp_data_refuse(s, 554, "5.6.0 Message has a line longer than 1000 octets");
-	else if (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR))
+	else if ((flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR)) && !normalize)
 		smtp_data_refuse(s, 554, "5.6.0 Message has a bare CR or LF (RFC 5321 2.3.8)");
+	else if (flags & SMTP_LINE_NUL)
+		smtp_data_refuse(s, 554, "5.6.0 Message has a NUL byte");
 	else if (s->size > s->cfg->max_message_size)
 		smtp_data_refuse(s, 552, "5.3.4 Message size exceeds fixed maximum message size");
-	if (!s->bad.code)
+	if (s->bad.code)
+		return;
+	if (normalize || after_bare)
+		smtp_data_normalized(s, line, len, after_bare);
+	else
 		s->ops->backend_data(s->ctx, line, len);
 }
 
@@ -553,6 +592,22 @@ void smtp_backend_data_done(struct smtp *s, const struct smtp_reply *replies, un
 
 /* ---- RSET, QUIT and the simple ones ---- */
 
+/* Commands that move no mail forward (NOOP, VRFY, HELP, unknown, ...):
+ * a client that sends too many is wasting the slot. Returns true when it
+ * was one too many and the session is ending. */
+static bool smtp_junk(struct smtp *s)
+{
+	if (++s->junk <= s->cfg->max_junk_commands)
+		return false;
+	log_info("sess=%s event=junk_limit commands=%u", s->id, s->junk);
+	smtp_send(s, "421 4.7.0 %s Too many commands without mail, closing connection",
+	          s->cfg->hostname);
+	s->state = SMTP_STATE_CLOSED;
+	s->ops->close(s->ctx, "junk_limit");
+	return true;
+}
+
+
 static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 {
 	if (len) {
@@ -560,6 +615,8 @@ static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 		return;
 	}
 	bool had_tx = s->backend_tx && !s->backend_lost;
+	if (s->state != SMTP_STATE_MAIL && smtp_junk(s))
+		return;
 	smtp_tx_reset(s);
 	if (had_tx) {
 		s->wait = SMTP_WAIT_RSET;
@@ -571,6 +628,8 @@ static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 
 static void smtp_cmd_simple(struct smtp *s, enum smtp_verb verb)
 {
+	if (verb != SMTP_VERB_QUIT && smtp_junk(s))
+		return;
 	switch (verb) {
 	case SMTP_VERB_NOOP:
 		smtp_send(s, "250 2.0.0 Ok");
@@ -724,12 +783,17 @@ void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 		smtp_error(s, "500 5.5.2 Line too long");
 		return;
 	}
+	/* [smtp] bare_newline = normalize takes a command ended by a bare LF as
+	 * if it had CRLF; a CR inside a command is never taken. */
+	bool lf_only = (flags & SMTP_LINE_BARE_LF) && s->cfg->bare_newline_normalize;
+	if (lf_only)
+		flags &= ~(unsigned)SMTP_LINE_BARE_LF;
 	if (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR | SMTP_LINE_NUL)) {
 		smtp_error(s, flags & SMTP_LINE_NUL ? "500 5.5.2 NUL byte in command"
 		                                    : "500 5.5.2 Bare CR or LF in command, use CRLF");
 		return;
 	}
-	len -= 2; /* CRLF */
+	len -= lf_only ? 1 : 2; /* the line ending */
 	const char *args;
 	bool space;
 	enum smtp_verb verb = smtp_parse_verb(line, len, &args, &space);
@@ -757,7 +821,8 @@ void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 		smtp_cmd_starttls(s, alen);
 		break;
 	case SMTP_VERB_UNKNOWN:
-		smtp_error(s, "500 5.5.2 Command unrecognized");
+		if (!smtp_junk(s))
+			smtp_error(s, "500 5.5.2 Command unrecognized");
 		break;
 	default:
 		smtp_cmd_simple(s, verb);
