@@ -1,9 +1,9 @@
-/* certstore: loads certs.d/<label>/{fullchain,privkey}.pem into one immutable,
- * reference-counted generation: a credential per distinct set of certificates
- * serving a name, and an open-addressing hash index from name to entry.
- * Owns everything it allocates; never touches globals, never prints or exits:
- * each bad certificate is reported through the caller's callback and skipped.
- * Loading runs on short-lived threads; reports are made on the caller's. */
+/* certstore: loads certs.d/<label>/{fullchain,privkey}.pem into immutable,
+ * ref-counted generations: a credential per distinct set of certificates serving
+ * a name, an open-addressing index from name to entry. Certificates and
+ * credentials are ref-counted too: a reload shares the unchanged ones and never
+ * writes to the live generation. Never touches globals, prints or exits: bad
+ * files go to the caller's callback. Loads on short-lived threads. */
 #include "certstore.h"
 
 #include <dirent.h>
@@ -29,28 +29,54 @@
 #define CERTSTORE_MAX_FILE (1u << 20)  /* a PEM chain or key beyond 1 MiB is not one */
 #define CERTSTORE_MAX_THREADS 8
 #define CERTSTORE_BATCH 16             /* directories a loading thread takes at a time */
+#define CERTSTORE_NONE UINT32_MAX
+/* File times are coarse (a jiffy; whole seconds on some file systems): a file
+ * modified this close to being read may be rewritten with the same stamp. */
+#define CERTSTORE_RACY_SECS 2
 
-/* One loaded certificate (leaf, chain and key). */
+/* A file as it was when read: if all of it is the same, so is the file. The
+ * ctime catches an in-place rewrite that kept size and mtime (cp -p). */
+struct certstore_stamp {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtim, ctim;
+};
+
+/* A GnuTLS credential holding N certificates (chain and key each), shared by
+ * every name served by exactly those certificates, across generations, and
+ * by the certificates whose data it holds (their SRC). Immutable once built;
+ * freed with its last reference. */
+struct certstore_cred {
+	atomic_int refs;
+	uint32_t n;
+	gnutls_certificate_credentials_t cred;
+	char label[]; /* "dirA,dirB": its certificates' directories, in directory order */
+};
+
+/* One loaded certificate, shared by the generations that serve it. Its chain
+ * and key live only in SRC, at position SRC_IDX: its own credential, or that
+ * of a group it was first loaded into (then it served no name alone). SRC
+ * is set while the generation that loaded it is built, never after.
+ * XXX so when a group changes, the old group's credential lives on as the
+ * source of its unchanged members (at most one such credential per cert). */
 struct certstore_cert {
-	gnutls_certificate_credentials_t cred; /* this pair alone; NULL if no name uses it alone */
-	const char *label;                     /* directory name, in the label arena */
+	atomic_int refs;
+	unsigned src_idx;
+	struct certstore_cred *src; /* a reference */
+	struct certstore_stamp chain_st, key_st;
+	bool racy; /* a file was modified just before it was read: the stamps prove nothing */
 	time_t not_after;
-	char keytype[16];                      /* "RSA-2048", "ECDSA-P256", "Ed25519" */
-	bool rsa;                              /* RSA or RSA-PSS: offered after other key types */
-	bool alone;                            /* some name is served by this certificate only */
+	char keytype[16]; /* "RSA-2048", "ECDSA-P256", "Ed25519" */
+	bool rsa;         /* RSA or RSA-PSS: offered after other key types */
+	char label[];     /* directory name */
 };
 
 /* One indexed name; the public part comes first so lookup can hand it out. */
 struct certstore_name {
 	struct certstore_entry pub;
-	uint32_t first, count; /* its certificates: members[first .. first+count) */
-};
-
-/* A credential shared by every name served by the same several certificates. */
-struct certstore_group {
-	uint32_t first, count; /* into members, like a name's */
-	gnutls_certificate_credentials_t cred;
-	char *label; /* "dirA,dirB" */
+	struct certstore_cred *cred; /* held through the generation's CREDS */
+	uint32_t first, count;       /* its certificates: members[first .. first+count) */
 };
 
 struct certstore_slot {
@@ -60,17 +86,19 @@ struct certstore_slot {
 
 struct certstore {
 	atomic_int refs;
-	struct certstore_cert *certs;
+	char *dir;                     /* as loaded: a reload from elsewhere starts afresh */
+	struct certstore_cert **certs; /* references, in directory (label) order */
+	bool *kept;                    /* per certificate: its directory failed, kept as last good */
 	size_t ncerts;
 	struct certstore_name *names; /* sorted by name */
 	size_t nnames;
-	uint32_t *members;
-	struct certstore_group *groups;
-	size_t ngroups;
+	uint32_t *members; /* indices into certs, ascending per name */
+	size_t nmembers;
+	struct certstore_cred **creds; /* references: the distinct credentials of the names */
+	size_t ncreds;
 	struct certstore_slot *slots;
-	size_t mask;  /* slot count - 1, a power of two minus one */
-	char *labels; /* label arena: directory names */
-	char *strs;   /* name arena */
+	size_t mask; /* slot count - 1, a power of two minus one */
+	char *strs;  /* name arena */
 };
 
 /* A growable byte buffer (file contents, string arenas). */
@@ -79,19 +107,30 @@ struct certstore_buf {
 	size_t len, cap;
 };
 
-/* (name, certificate) as collected while loading; NAME is set once the arena stops moving. */
+/* (name, certificate) as collected while loading. A loading thread fills
+ * OFF (NAME is set once the arena stops moving) and CERT, its directory's
+ * index; the index renumbers CERT into the generation's certificates. PREV
+ * is the name's index in the previous generation when the pair comes from
+ * there, CERTSTORE_NONE for a new certificate's pair. */
 struct certstore_pair {
 	size_t off;
 	const char *name;
 	uint32_t cert;
+	uint32_t prev;
 };
 
-/* What loading one directory produced, filled in by whichever thread took it. */
+/* One directory: what it was before, and what loading it produced (filled
+ * in by whichever thread took it). */
 struct certstore_item {
-	struct certstore_cert cert;
-	bool loaded;      /* CERT holds a credential */
-	const char *file; /* the file REASON is about, NULL for the directory */
-	char *reason;     /* the report to make, NULL if none */
+	const char *label;           /* in the loader's label arena */
+	int err;                     /* the entry itself cannot be read: its errno */
+	struct certstore_cert *prev; /* the previous generation's certificate from it, or NULL */
+	uint32_t prev_idx;           /* its index there */
+	struct certstore_cert *cert; /* loaded anew (owned until collected) */
+	bool reused;                 /* PREV is unchanged: shared, not read */
+	struct certstore_stamp chain_st, key_st; /* of the files just read */
+	const char *file;            /* the file REASON is about, NULL for the directory */
+	char *reason;                /* the report to make, NULL if none */
 };
 
 /* The state shared by the loading threads (each writes only its own items). */
@@ -99,16 +138,20 @@ struct certstore_loader {
 	const char *dir;
 	int dfd;
 	time_t now;
+	struct timespec started; /* CLOCK_REALTIME, before anything was read */
+	const struct certstore *prev; /* NULL, or the live generation from the same DIR */
 	certstore_report_fn report;
 	void *arg;
 	struct certstore *cs;
-	const char **labels; /* sorted */
+	char *labels; /* label arena */
+	struct certstore_item *items; /* one per directory, sorted by label */
 	size_t nlabels;
-	struct certstore_item *items; /* one per label */
-	atomic_size_t next;           /* the next label to take */
-	struct certstore_pair *pairs; /* the threads' pairs, merged */
+	atomic_size_t next;           /* the next directory to take */
+	struct certstore_pair *pairs; /* new certificates' pairs, merged from the threads */
 	size_t npairs;
-	char *strs; /* the threads' name arenas, merged */
+	char *strs;        /* the threads' name arenas, merged */
+	uint32_t *prevmap; /* PREV's certificate index -> this one's, or CERTSTORE_NONE */
+	bool *fresh;       /* per certificate: loaded now (not shared with PREV) */
 };
 
 /* One loading thread's own state. */
@@ -116,7 +159,7 @@ struct certstore_worker {
 	struct certstore_loader *ld;
 	pthread_t thread;
 	struct certstore_buf chain, key, strs;
-	struct certstore_pair *pairs; /* .cert is the label's index until the merge */
+	struct certstore_pair *pairs; /* .cert is the directory's index until the merge */
 	size_t npairs, pairs_cap;
 	unsigned nbad; /* unusable names in the current certificate */
 	char bad[80];  /* the first of them, escaped */
@@ -130,7 +173,7 @@ static void certstore_report(struct certstore_loader *ld, const char *label, con
 static void certstore_report(struct certstore_loader *ld, const char *label, const char *file,
                              const char *fmt, ...)
 {
-	char path[PATH_MAX + 256], reason[512];
+	char path[PATH_MAX + 256], reason[600];
 	va_list ap;
 
 	if (ld->report == NULL)
@@ -143,7 +186,7 @@ static void certstore_report(struct certstore_loader *ld, const char *label, con
 	ld->report(ld->arg, path, reason);
 }
 
-/* Records a problem with FILE of label IDX, to be reported after loading. */
+/* Records a problem with FILE of directory IDX, to be reported after loading. */
 static void certstore_note(struct certstore_worker *w, size_t idx, const char *file,
                            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void certstore_note(struct certstore_worker *w, size_t idx, const char *file,
@@ -193,10 +236,24 @@ static size_t certstore_buf_add(struct certstore_buf *b, const char *s, size_t l
 	return off;
 }
 
+static void certstore_stamp_set(struct certstore_stamp *s, const struct stat *st)
+{
+	*s = (struct certstore_stamp){ .dev = st->st_dev, .ino = st->st_ino, .size = st->st_size,
+		                       .mtim = st->st_mtim, .ctim = st->st_ctim };
+}
+
+static bool certstore_stamp_eq(const struct certstore_stamp *a, const struct certstore_stamp *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtim.tv_sec == b->mtim.tv_sec && a->mtim.tv_nsec == b->mtim.tv_nsec &&
+	       a->ctim.tv_sec == b->ctim.tv_sec && a->ctim.tv_nsec == b->ctim.tv_nsec;
+}
+
 /* Reads LABEL/FILE under the open directory DFD into B (replacing its
- * contents); false with the reason in WHY if it cannot. */
+ * contents) and stamps it as it was when opened (a change while reading
+ * shows at the next reload); false with the reason in WHY if it cannot. */
 static bool certstore_read(int dfd, const char *label, const char *file, struct certstore_buf *b,
-                           char *why, size_t whysize)
+                           struct certstore_stamp *stamp, char *why, size_t whysize)
 {
 	char rel[NAME_MAX + 32];
 	struct stat st;
@@ -211,6 +268,8 @@ static bool certstore_read(int dfd, const char *label, const char *file, struct 
 	} else if (!S_ISREG(st.st_mode)) {
 		snprintf(why, whysize, "not a regular file");
 		n = -1;
+	} else {
+		certstore_stamp_set(stamp, &st);
 	}
 	for (b->len = 0; err == 0 && n > 0;) {
 		size_t room = CERTSTORE_MAX_FILE - b->len;
@@ -231,6 +290,36 @@ static bool certstore_read(int dfd, const char *label, const char *file, struct 
 	if (fd >= 0)
 		close(fd);
 	return err == 0 && n == 0;
+}
+
+/* Whether a file stamped S, read after STARTED, was modified so shortly
+ * before that a rewrite could keep its stamp (racy git's problem). */
+static bool certstore_racy(const struct certstore_stamp *s, const struct timespec *started)
+{
+	return s->mtim.tv_sec >= started->tv_sec - CERTSTORE_RACY_SECS;
+}
+
+/* Whether LABEL's two files under DFD are still those CERT was loaded from:
+ * one stat each, nothing read. */
+static bool certstore_unchanged(int dfd, const char *label, const struct certstore_cert *cert)
+{
+	char rel[NAME_MAX + 32];
+	struct certstore_stamp s;
+	struct stat st;
+
+	if (cert->racy)
+		return false;
+	snprintf(rel, sizeof rel, "%s/fullchain.pem", label);
+	if (fstatat(dfd, rel, &st, 0) != 0)
+		return false;
+	certstore_stamp_set(&s, &st);
+	if (!certstore_stamp_eq(&s, &cert->chain_st))
+		return false;
+	snprintf(rel, sizeof rel, "%s/privkey.pem", label);
+	if (fstatat(dfd, rel, &st, 0) != 0)
+		return false;
+	certstore_stamp_set(&s, &st);
+	return certstore_stamp_eq(&s, &cert->key_st);
 }
 
 int certstore_normalize(const char *name, size_t len, char *out, size_t outsize)
@@ -420,7 +509,7 @@ static void certstore_keytype(gnutls_pubkey_t pub, char *out, size_t size, bool 
 }
 
 /* Allocates an empty server credential with a minimal trust list. */
-static int certstore_cred_new(gnutls_certificate_credentials_t *cred)
+static int certstore_gnutls_new(gnutls_certificate_credentials_t *cred)
 {
 	gnutls_x509_trust_list_t tl;
 	int ret = gnutls_certificate_allocate_credentials(cred);
@@ -518,8 +607,70 @@ static bool certstore_same_key(gnutls_pubkey_t pub, gnutls_privkey_t key)
 	return same;
 }
 
-/* Builds the credential of a parsed pair into CERT; consumes X. Returns 0, or
- * a GnuTLS error (GNUTLS_E_CERTIFICATE_KEY_MISMATCH for a foreign key). */
+/* A new credential object for N certificates, labelled LABEL[0..LEN), with
+ * an empty GnuTLS credential and one reference (the caller's); NULL if out
+ * of memory. */
+static struct certstore_cred *certstore_cred_new(uint32_t n, const char *label, size_t len)
+{
+	struct certstore_cred *c = malloc(sizeof *c + len + 1);
+
+	if (c == NULL)
+		return NULL;
+	if (certstore_gnutls_new(&c->cred) < 0) {
+		free(c);
+		return NULL;
+	}
+	atomic_init(&c->refs, 1);
+	c->n = n;
+	memcpy(c->label, label, len);
+	c->label[len] = '\0';
+	return c;
+}
+
+static struct certstore_cred *certstore_cred_ref(struct certstore_cred *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+static void certstore_cred_unref(struct certstore_cred *c)
+{
+	if (c != NULL && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+		gnutls_certificate_free_credentials(c->cred);
+		free(c);
+	}
+}
+
+/* A new, empty certificate from directory LABEL, with one reference. */
+static struct certstore_cert *certstore_cert_new(const char *label)
+{
+	size_t len = strlen(label);
+	struct certstore_cert *c = calloc(1, sizeof *c + len + 1);
+
+	if (c == NULL)
+		return NULL;
+	atomic_init(&c->refs, 1);
+	memcpy(c->label, label, len + 1);
+	return c;
+}
+
+static struct certstore_cert *certstore_cert_ref(struct certstore_cert *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+static void certstore_cert_unref(struct certstore_cert *c)
+{
+	if (c != NULL && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+		certstore_cred_unref(c->src);
+		free(c);
+	}
+}
+
+/* Builds CERT's own credential (its SRC) from a parsed pair; consumes X.
+ * Returns 0, or a GnuTLS error (GNUTLS_E_CERTIFICATE_KEY_MISMATCH for a
+ * foreign key) or GNUTLS_E_MEMORY_ERROR. */
 static int certstore_cert_cred(struct certstore_cert *cert, gnutls_x509_crt_t *crts, unsigned n,
                                gnutls_x509_privkey_t x)
 {
@@ -541,16 +692,17 @@ static int certstore_cert_cred(struct certstore_cert *cert, gnutls_x509_crt_t *c
 	 * only when they differ (a mismatch, or an RSA key in an RSA-PSS
 	 * certificate) is GnuTLS asked to decide. */
 	same = certstore_same_key(pcerts[0].pubkey, key);
-	ret = certstore_cred_new(&cert->cred);
-	if (ret < 0) {
+	cert->src = certstore_cred_new(1, cert->label, strlen(cert->label));
+	if (cert->src == NULL) {
 		certstore_pair_free(pcerts, n, key);
-		return ret;
+		return GNUTLS_E_MEMORY_ERROR;
 	}
+	cert->src_idx = 0;
 	/* A failed pair stays inside the credential (MACHINE.md): discard it. */
-	ret = certstore_cred_add(cert->cred, pcerts, n, key, !same);
+	ret = certstore_cred_add(cert->src->cred, pcerts, n, key, !same);
 	if (ret < 0) {
-		gnutls_certificate_free_credentials(cert->cred);
-		cert->cred = NULL;
+		certstore_cred_unref(cert->src);
+		cert->src = NULL;
 	}
 	return ret;
 }
@@ -589,7 +741,7 @@ static const char *certstore_check_dates(gnutls_x509_crt_t leaf, time_t now, cha
 }
 
 /* Parses the chain and key read into W's buffers and checks the leaf's dates;
- * notes why and returns false if label IDX is unusable. */
+ * notes why and returns false if directory IDX is unusable. */
 static bool certstore_parse(struct certstore_worker *w, size_t idx, gnutls_x509_crt_t **crts,
                             unsigned *n, gnutls_x509_privkey_t *x)
 {
@@ -627,13 +779,14 @@ static bool certstore_parse(struct certstore_worker *w, size_t idx, gnutls_x509_
 	return true;
 }
 
-/* Makes the parsed pair of label IDX a certificate, or notes why it cannot
- * serve; consumes X. */
+/* Makes the parsed pair of directory IDX a certificate, or notes why it
+ * cannot serve; consumes X. */
 static void certstore_add(struct certstore_worker *w, size_t idx, gnutls_x509_crt_t *crts,
                           unsigned n, gnutls_x509_privkey_t x)
 {
 	struct certstore_item *it = &w->ld->items[idx];
 	size_t npairs = w->npairs, nstrs = w->strs.len;
+	struct certstore_cert *cert = NULL;
 	int ret;
 
 	w->nbad = 0;
@@ -645,38 +798,62 @@ static void certstore_add(struct certstore_worker *w, size_t idx, gnutls_x509_cr
 			               w->nbad ? w->bad : "", w->nbad ? "\")" : "");
 		goto undo;
 	}
-	it->cert.label = w->ld->labels[idx];
-	it->cert.not_after = gnutls_x509_crt_get_expiration_time(crts[0]);
-	ret = certstore_cert_cred(&it->cert, crts, n, x);
+	cert = certstore_cert_new(it->label);
+	if (cert == NULL) {
+		gnutls_x509_privkey_deinit(x);
+		w->nomem = true;
+		goto undo;
+	}
+	cert->chain_st = it->chain_st;
+	cert->key_st = it->key_st;
+	cert->racy = certstore_racy(&it->chain_st, &w->ld->started) ||
+	             certstore_racy(&it->key_st, &w->ld->started);
+	cert->not_after = gnutls_x509_crt_get_expiration_time(crts[0]);
+	ret = certstore_cert_cred(cert, crts, n, x);
 	if (ret < 0) {
 		if (ret == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
 			certstore_note(w, idx, "privkey.pem", "key does not match certificate");
+		else if (ret == GNUTLS_E_MEMORY_ERROR)
+			w->nomem = true;
 		else
 			certstore_note(w, idx, "fullchain.pem", "unusable: %s", gnutls_strerror(ret));
 		goto undo;
 	}
-	it->loaded = true;
+	it->cert = cert;
 	if (w->nbad > 0)
 		certstore_note(w, idx, "fullchain.pem", "ignoring %u name%s that %s not a host name: \"%s\"",
 		               w->nbad, w->nbad > 1 ? "s" : "", w->nbad > 1 ? "are" : "is", w->bad);
 	return;
 undo:
+	certstore_cert_unref(cert);
 	w->npairs = npairs;
 	w->strs.len = nstrs;
 }
 
-/* Loads DIR/<label IDX>/{fullchain,privkey}.pem, or notes why not. */
+/* Loads DIR/<label IDX>/{fullchain,privkey}.pem, or notes why not; with
+ * the previous generation's certificate from there if its files have not
+ * changed. */
 static void certstore_load_one(struct certstore_worker *w, size_t idx)
 {
-	const char *label = w->ld->labels[idx];
+	struct certstore_item *it = &w->ld->items[idx];
 	gnutls_x509_crt_t *crts = NULL;
 	gnutls_x509_privkey_t x = NULL;
 	unsigned i, n = 0;
 	char why[128];
 
-	if (!certstore_read(w->ld->dfd, label, "fullchain.pem", &w->chain, why, sizeof why)) {
+	if (it->err != 0) {
+		certstore_note(w, idx, NULL, "cannot read: %s", strerror_r(it->err, why, sizeof why));
+		return;
+	}
+	if (it->prev != NULL && certstore_unchanged(w->ld->dfd, it->label, it->prev)) {
+		it->reused = true;
+		return;
+	}
+	if (!certstore_read(w->ld->dfd, it->label, "fullchain.pem", &w->chain, &it->chain_st, why,
+	                    sizeof why)) {
 		certstore_note(w, idx, "fullchain.pem", "cannot read: %s", why);
-	} else if (!certstore_read(w->ld->dfd, label, "privkey.pem", &w->key, why, sizeof why)) {
+	} else if (!certstore_read(w->ld->dfd, it->label, "privkey.pem", &w->key, &it->key_st, why,
+	                           sizeof why)) {
 		certstore_note(w, idx, "privkey.pem", "cannot read: %s", why);
 	} else if (certstore_parse(w, idx, &crts, &n, &x)) {
 		certstore_add(w, idx, crts, n, x);
@@ -755,89 +932,163 @@ static int certstore_run(struct certstore_loader *ld, struct certstore_worker **
 }
 
 /* Whether directory entry DE is a certificate directory (symlinks followed:
- * certbot-style trees are often linked in); reports one that cannot be read. */
-static bool certstore_is_dir(struct certstore_loader *ld, const struct dirent *de)
+ * certbot-style trees are often linked in). One that cannot be stat'ed
+ * (a dangling link) counts, with its errno in *ERR: it is reported, and
+ * keeps its last good certificate on reload. */
+static bool certstore_is_dir(struct certstore_loader *ld, const struct dirent *de, int *err)
 {
 	struct stat st;
 
+	*err = 0;
 	if (de->d_type == DT_DIR)
 		return true;
 	if (de->d_type != DT_LNK && de->d_type != DT_UNKNOWN)
 		return false;
 	if (fstatat(ld->dfd, de->d_name, &st, 0) != 0) {
-		certstore_report(ld, de->d_name, NULL, "cannot read: %s", strerror(errno));
-		return false;
+		*err = errno;
+		return true;
 	}
 	return S_ISDIR(st.st_mode);
 }
 
-static int certstore_cmp_str(const void *a, const void *b)
+/* A directory as listed: its name (an offset into the label arena until
+ * the arena stops moving) and the errno of the entry itself. */
+struct certstore_dirent {
+	union {
+		size_t off;
+		const char *label;
+	};
+	int err;
+};
+
+static int certstore_cmp_dirent(const void *a, const void *b)
 {
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
+	return strcmp(((const struct certstore_dirent *)a)->label,
+	              ((const struct certstore_dirent *)b)->label);
 }
 
-/* Lists the non-hidden subdirectories of D, sorted, into LD->labels (pointing
- * into the label arena, which the certstore keeps); 0, or -1 with errno set. */
+/* Lists the non-hidden subdirectories of D into LD->items, sorted by label
+ * (in LD->labels); 0, or -1 with errno set. */
 static int certstore_list(struct certstore_loader *ld, DIR *d)
 {
 	struct certstore_buf arena = { 0 };
+	struct certstore_dirent *ents = NULL, *p;
 	struct dirent *de;
-	size_t n = 0, i, off;
+	size_t n = 0, cap = 0, i;
+	int err;
 
 	errno = 0;
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.' || !certstore_is_dir(ld, de))
+		if (de->d_name[0] == '.' || !certstore_is_dir(ld, de, &err))
 			continue;
-		if (certstore_buf_add(&arena, de->d_name, strlen(de->d_name)) == SIZE_MAX) {
-			free(arena.data);
-			errno = ENOMEM;
-			return -1;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			p = realloc(ents, cap * sizeof *ents);
+			if (p == NULL)
+				goto nomem;
+			ents = p;
 		}
-		n++;
+		ents[n].off = certstore_buf_add(&arena, de->d_name, strlen(de->d_name));
+		if (ents[n].off == SIZE_MAX)
+			goto nomem;
+		ents[n++].err = err;
 		errno = 0;
 	}
-	ld->cs->labels = arena.data;
-	if (errno != 0)
+	ld->labels = arena.data;
+	if (errno != 0 || (ld->items = calloc(n + 1, sizeof *ld->items)) == NULL) {
+		errno = errno ? errno : ENOMEM;
+		free(ents);
 		return -1;
-	ld->labels = malloc((n + 1) * sizeof *ld->labels);
-	if (ld->labels == NULL)
-		return -1;
-	for (i = 0, off = 0; i < n; i++, off += strlen(arena.data + off) + 1)
-		ld->labels[i] = arena.data + off;
-	qsort(ld->labels, n, sizeof *ld->labels, certstore_cmp_str);
+	}
+	for (i = 0; i < n; i++)
+		ents[i].label = arena.data + ents[i].off;
+	/* Sorting these small entries, not the items, keeps 50,000 labels cheap. */
+	if (n > 0)
+		qsort(ents, n, sizeof *ents, certstore_cmp_dirent);
+	for (i = 0; i < n; i++)
+		ld->items[i] = (struct certstore_item){ .label = ents[i].label, .err = ents[i].err,
+			                                .prev_idx = CERTSTORE_NONE };
 	ld->nlabels = n;
+	free(ents);
 	return 0;
+nomem:
+	free(arena.data);
+	free(ents);
+	errno = ENOMEM;
+	return -1;
 }
 
-/* Makes the reports noted while loading, in directory order, and moves the
- * loaded certificates into the certstore; returns each label's certificate
- * index (the caller frees it), or NULL. */
+/* Pairs each directory with the previous generation's certificate from it
+ * (both sorted by label). */
+static void certstore_match_prev(struct certstore_loader *ld)
+{
+	const struct certstore *p = ld->prev;
+	size_t i = 0, j = 0;
+	int c;
+
+	while (p != NULL && i < ld->nlabels && j < p->ncerts) {
+		c = strcmp(ld->items[i].label, p->certs[j]->label);
+		if (c == 0) {
+			ld->items[i].prev = p->certs[j];
+			ld->items[i].prev_idx = (uint32_t)j;
+		}
+		i += c <= 0;
+		j += c >= 0;
+	}
+}
+
+/* Makes the reports noted while loading, in directory order, and puts each
+ * directory's certificate into the certstore: the one loaded now, the
+ * unchanged previous one, or the previous one as the last good when the
+ * directory failed. Returns each directory's certificate index (the caller
+ * frees it), or NULL. */
 static uint32_t *certstore_collect(struct certstore_loader *ld)
 {
+	static const char keeping[] = "; keeping the previous certificate";
 	struct certstore *cs = ld->cs;
+	size_t nprev = ld->prev ? ld->prev->ncerts : 0, i;
 	uint32_t *map = malloc((ld->nlabels + 1) * sizeof *map);
-	size_t i;
+	char date[16];
 
 	cs->certs = malloc((ld->nlabels + 1) * sizeof *cs->certs);
-	if (map == NULL || cs->certs == NULL) {
+	cs->kept = calloc(ld->nlabels + 1, sizeof *cs->kept);
+	ld->fresh = calloc(ld->nlabels + 1, sizeof *ld->fresh);
+	ld->prevmap = malloc((nprev + 1) * sizeof *ld->prevmap);
+	if (map == NULL || cs->certs == NULL || cs->kept == NULL || ld->fresh == NULL ||
+	    ld->prevmap == NULL) {
 		free(map);
 		return NULL;
 	}
+	for (i = 0; i < nprev; i++)
+		ld->prevmap[i] = CERTSTORE_NONE;
 	for (i = 0; i < ld->nlabels; i++) {
 		struct certstore_item *it = &ld->items[i];
-		if (it->reason != NULL)
-			certstore_report(ld, ld->labels[i], it->file, "%s", it->reason);
+		/* A last good certificate that has expired since is no longer good. */
+		bool prev_ok = it->prev != NULL && it->prev->not_after >= ld->now;
+		bool keep = it->cert == NULL && !it->reused && prev_ok;
 		map[i] = (uint32_t)cs->ncerts;
-		if (it->loaded) {
+		if (it->reason != NULL)
+			certstore_report(ld, it->label, it->file, "%s%s", it->reason, keep ? keeping : "");
+		if (it->reused && !prev_ok) {
+			certstore_date(it->prev->not_after, date);
+			certstore_report(ld, it->label, "fullchain.pem", "expired on %s", date);
+		}
+		if (it->cert != NULL) {
+			ld->fresh[cs->ncerts] = true;
 			cs->certs[cs->ncerts++] = it->cert;
-			it->loaded = false;
+			it->cert = NULL;
+		} else if ((it->reused && prev_ok) || keep) {
+			ld->prevmap[it->prev_idx] = (uint32_t)cs->ncerts;
+			cs->kept[cs->ncerts] = keep;
+			cs->certs[cs->ncerts++] = certstore_cert_ref(it->prev);
 		}
 	}
 	return map;
 }
 
-/* Merges the threads' name arenas and (name, certificate) pairs, the pairs
- * now naming certificates by their index in the certstore. */
+/* Merges the threads' name arenas and the new certificates' (name,
+ * certificate) pairs, now naming certificates by their index in the
+ * certstore. */
 static int certstore_merge(struct certstore_loader *ld, const struct certstore_worker *w,
                            size_t nw)
 {
@@ -859,8 +1110,11 @@ static int certstore_merge(struct certstore_loader *ld, const struct certstore_w
 			memcpy(ld->strs + base, w[i].strs.data, w[i].strs.len);
 		for (j = 0; j < w[i].npairs; j++)
 			ld->pairs[ld->npairs++] = (struct certstore_pair){
-				.off = base + w[i].pairs[j].off, .cert = map[w[i].pairs[j].cert] };
+				.off = base + w[i].pairs[j].off, .cert = map[w[i].pairs[j].cert],
+				.prev = CERTSTORE_NONE };
 	}
+	for (i = 0; i < ld->npairs; i++)
+		ld->pairs[i].name = ld->strs + ld->pairs[i].off;
 	free(map);
 	return 0;
 }
@@ -905,34 +1159,115 @@ static int certstore_cmp_pair(const void *a, const void *b)
 	return c != 0 ? c : (x->cert > y->cert) - (x->cert < y->cert);
 }
 
-/* Sorts the merged (name, certificate) pairs into the sorted names array,
- * each with its certificates in MEMBERS. */
-static int certstore_index_names(struct certstore_loader *ld)
+/* Walks the previous generation's (name, certificate) pairs in order,
+ * skipping certificates the new one does not have, renumbering the others:
+ * they come out sorted as the new generation sorts them, since both number
+ * certificates in directory order. */
+struct certstore_walk {
+	const struct certstore *prev;
+	const uint32_t *map;
+	size_t name, k;
+};
+
+static bool certstore_walk_next(struct certstore_walk *wk, struct certstore_pair *out)
+{
+	const struct certstore *p = wk->prev;
+
+	for (; p != NULL && wk->name < p->nnames; wk->name++, wk->k = 0) {
+		const struct certstore_name *n = &p->names[wk->name];
+		while (wk->k < n->count) {
+			uint32_t j = wk->map[p->members[n->first + wk->k++]];
+			if (j != CERTSTORE_NONE) {
+				*out = (struct certstore_pair){ .name = n->pub.name, .cert = j,
+					                        .prev = (uint32_t)wk->name };
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+/* All (name, certificate) pairs of the new generation, sorted: the previous
+ * generation's (already sorted) merged with the new certificates' (sorted
+ * here), so that a reload which changed little costs O(names). */
+static struct certstore_pair *certstore_index_pairs(struct certstore_loader *ld, size_t *np)
+{
+	struct certstore_walk wk = { ld->prev, ld->prevmap, 0, 0 };
+	struct certstore_pair a, *b = ld->pairs, *m;
+	size_t nb = ld->npairs, ib = 0, n = 0;
+	bool more;
+
+	m = malloc((nb + (ld->prev ? ld->prev->nmembers : 0) + 1) * sizeof *m);
+	if (m == NULL)
+		return NULL;
+	if (nb > 0)
+		qsort(b, nb, sizeof *b, certstore_cmp_pair);
+	more = certstore_walk_next(&wk, &a);
+	while (more || ib < nb) {
+		if (more && (ib == nb || certstore_cmp_pair(&a, &b[ib]) < 0)) {
+			m[n++] = a;
+			more = certstore_walk_next(&wk, &a);
+		} else {
+			m[n++] = b[ib++];
+		}
+	}
+	*np = n;
+	return m;
+}
+
+/* Builds the sorted names array, each with its certificates in MEMBERS and
+ * its string in the certstore's own arena, from the sorted pairs P[0..NP).
+ * REUSE[i] is set to the previous generation's index of name i when it is
+ * served by exactly the same certificates as there, else CERTSTORE_NONE. */
+static int certstore_index_names(struct certstore_loader *ld, const struct certstore_pair *p,
+                                 size_t np, uint32_t *reuse)
 {
 	struct certstore *cs = ld->cs;
-	struct certstore_pair *p = ld->pairs;
-	size_t i, m = 0;
+	size_t i, nnames = 0, len = 0, off = 0, m = 0;
+	uint32_t from_prev = 0, from_new = 0, pidx = CERTSTORE_NONE;
 
-	for (i = 0; i < ld->npairs; i++)
-		p[i].name = ld->strs + p[i].off;
-	if (ld->npairs > 0)
-		qsort(p, ld->npairs, sizeof *p, certstore_cmp_pair);
-	cs->strs = ld->strs; /* the arena stops moving: the certstore owns it */
-	ld->strs = NULL;
-	cs->members = malloc((ld->npairs + 1) * sizeof *cs->members);
-	cs->names = malloc((ld->npairs + 1) * sizeof *cs->names);
-	if (cs->members == NULL || cs->names == NULL)
-		return -1;
-	for (i = 0; i < ld->npairs; i++) {
+	for (i = 0; i < np; i++) {
 		if (i == 0 || strcmp(p[i].name, p[i - 1].name) != 0) {
+			nnames++;
+			len += strlen(p[i].name) + 1;
+		}
+	}
+	cs->strs = malloc(len + 1);
+	cs->members = malloc((np + 1) * sizeof *cs->members);
+	cs->names = malloc((nnames + 1) * sizeof *cs->names);
+	if (cs->strs == NULL || cs->members == NULL || cs->names == NULL)
+		return -1;
+	for (i = 0; i <= np; i++) {
+		bool first = i == np || i == 0 || strcmp(p[i].name, p[i - 1].name) != 0;
+		/* Past a name's last pair: all its certificates were the previous
+		 * name's, and all of those are still here. */
+		if (first && cs->nnames > 0)
+			reuse[cs->nnames - 1] = from_new == 0 && pidx != CERTSTORE_NONE &&
+			                        ld->prev->names[pidx].count == from_prev ? pidx
+			                                                                  : CERTSTORE_NONE;
+		if (i == np)
+			break;
+		if (first) {
+			size_t l = strlen(p[i].name) + 1;
+			memcpy(cs->strs + off, p[i].name, l);
 			cs->names[cs->nnames++] = (struct certstore_name){
-				.pub = { .name = p[i].name }, .first = (uint32_t)m };
+				.pub = { .name = cs->strs + off }, .first = (uint32_t)m };
+			off += l;
+			from_prev = from_new = 0;
+			pidx = CERTSTORE_NONE;
 		} else if (p[i].cert == p[i - 1].cert) {
 			continue; /* listed twice in one certificate */
 		}
 		cs->members[m++] = p[i].cert;
 		cs->names[cs->nnames - 1].count++;
+		if (p[i].prev != CERTSTORE_NONE) {
+			from_prev++;
+			pidx = p[i].prev;
+		} else {
+			from_new++;
+		}
 	}
+	cs->nmembers = m;
 	return 0;
 }
 
@@ -956,20 +1291,23 @@ static int certstore_index_hash(struct certstore *cs)
 	return 0;
 }
 
-/* Adds a copy of the single pair held by SRC to DST (already checked once). */
+/* Adds a copy of CERT's chain and key (from its SRC, checked when loaded)
+ * to DST. Reads SRC only: it may be in use by live sessions. */
 static int certstore_cred_copy(gnutls_certificate_credentials_t dst,
-                               gnutls_certificate_credentials_t src)
+                               const struct certstore_cert *cert)
 {
+	gnutls_certificate_credentials_t src = cert->src->cred;
 	gnutls_pcert_st pcerts[CERTSTORE_MAX_CHAIN];
 	gnutls_x509_privkey_t x;
 	gnutls_privkey_t key;
 	gnutls_datum_t der;
 	unsigned n = 0;
-	int ret = gnutls_certificate_get_x509_key(src, 0, &x);
+	int ret = gnutls_certificate_get_x509_key(src, cert->src_idx, &x);
 
 	if (ret < 0 || (ret = certstore_privkey(x, &key)) < 0)
 		return ret;
-	while (n < CERTSTORE_MAX_CHAIN && gnutls_certificate_get_crt_raw(src, 0, n, &der) == 0) {
+	while (n < CERTSTORE_MAX_CHAIN &&
+	       gnutls_certificate_get_crt_raw(src, cert->src_idx, n, &der) == 0) {
 		ret = gnutls_pcert_import_x509_raw(&pcerts[n], &der, GNUTLS_X509_FMT_DER, 0);
 		if (ret < 0) {
 			certstore_pair_free(pcerts, n, key);
@@ -980,14 +1318,15 @@ static int certstore_cred_copy(gnutls_certificate_credentials_t dst,
 	return certstore_cred_add(dst, pcerts, n, key, false);
 }
 
-/* Orders a group's certificates as GnuTLS should try them: it takes the first
- * one the client can use, so ECDSA/EdDSA (cheaper handshakes) before RSA, and
- * within a key type the latest expiry (a renewal beside the old one) first. */
+/* Orders a credential's certificates as GnuTLS should try them: it takes the
+ * first one the client can use, so ECDSA/EdDSA (cheaper handshakes) before
+ * RSA, and within a key type the latest expiry (a renewal beside the old one)
+ * first. */
 static int certstore_cmp_offer(const void *a, const void *b, void *arg)
 {
 	const struct certstore *cs = arg;
 	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-	const struct certstore_cert *x = &cs->certs[i], *y = &cs->certs[j];
+	const struct certstore_cert *x = cs->certs[i], *y = cs->certs[j];
 
 	if (x->rsa != y->rsa)
 		return x->rsa ? 1 : -1;
@@ -996,30 +1335,52 @@ static int certstore_cmp_offer(const void *a, const void *b, void *arg)
 	return (i > j) - (i < j);
 }
 
-/* Builds group G's credential (all its certificates) and label ("a,b"). */
-static int certstore_group_build(struct certstore *cs, struct certstore_group *g)
-{
-	const uint32_t *m = cs->members + g->first;
-	uint32_t *order = malloc(g->count * sizeof *order);
-	size_t len = 0, i;
-	int ret = -1;
+/* Where a certificate loaded now may keep its chain and key when no name
+ * uses its own credential: a credential built for one of its groups. */
+struct certstore_home {
+	struct certstore_cred *cred;
+	unsigned idx;
+};
 
-	for (i = 0; i < g->count; i++)
-		len += strlen(cs->certs[m[i]].label) + 1;
-	g->label = malloc(len);
-	if (order == NULL || g->label == NULL || certstore_cred_new(&g->cred) < 0)
+/* Builds a new credential holding copies of name N's certificates, labelled
+ * "a,b"; notes it in HOME as the home of each new certificate without one.
+ * NULL if out of memory. */
+static struct certstore_cred *certstore_cred_build(struct certstore_loader *ld,
+                                                   const struct certstore_name *n,
+                                                   struct certstore_home *home)
+{
+	struct certstore *cs = ld->cs;
+	const uint32_t *m = cs->members + n->first;
+	uint32_t *order = malloc(n->count * sizeof *order);
+	struct certstore_cred *cr = NULL;
+	char *label = NULL;
+	size_t len = 0, i;
+
+	for (i = 0; i < n->count; i++)
+		len += strlen(cs->certs[m[i]]->label) + 1;
+	label = malloc(len);
+	if (order == NULL || label == NULL)
 		goto out;
-	for (i = 0, len = 0; i < g->count; i++)
-		len += (size_t)sprintf(g->label + len, "%s%s", i ? "," : "", cs->certs[m[i]].label);
-	memcpy(order, m, g->count * sizeof *order);
-	qsort_r(order, g->count, sizeof *order, certstore_cmp_offer, cs);
-	for (i = 0; i < g->count; i++)
-		if (certstore_cred_copy(g->cred, cs->certs[order[i]].cred) < 0)
+	for (i = 0, len = 0; i < n->count; i++)
+		len += (size_t)sprintf(label + len, "%s%s", i ? "," : "", cs->certs[m[i]]->label);
+	cr = certstore_cred_new(n->count, label, len);
+	if (cr == NULL)
+		goto out;
+	memcpy(order, m, n->count * sizeof *order);
+	qsort_r(order, n->count, sizeof *order, certstore_cmp_offer, cs);
+	for (i = 0; i < n->count; i++) {
+		if (certstore_cred_copy(cr->cred, cs->certs[order[i]]) < 0) {
+			certstore_cred_unref(cr);
+			cr = NULL;
 			goto out;
-	ret = 0;
+		}
+		if (ld->fresh[order[i]] && home[order[i]].cred == NULL)
+			home[order[i]] = (struct certstore_home){ cr, (unsigned)i };
+	}
 out:
+	free(label);
 	free(order);
-	return ret;
+	return cr;
 }
 
 static uint32_t certstore_hash_members(const uint32_t *m, uint32_t n)
@@ -1031,100 +1392,131 @@ static uint32_t certstore_hash_members(const uint32_t *m, uint32_t n)
 	return h ^ (h >> 15);
 }
 
-/* Gives each name served by several certificates the credential of that set
- * of certificates, building one credential per distinct set, not per name. */
-static int certstore_index_groups(struct certstore *cs, size_t nmulti)
+/* Whether name N is served by one certificate alone that has its own
+ * credential: then that is the name's. */
+static bool certstore_own(const struct certstore *cs, const struct certstore_name *n)
 {
-	size_t cap = 16, mask, i, j;
+	return n->count == 1 && cs->certs[cs->members[n->first]]->src->n == 1;
+}
+
+/* Gives each name its credential: a certificate's own when it alone serves
+ * the name; else the one for that set of certificates, built once per
+ * distinct set, or shared with the previous generation when the name was
+ * served by exactly the same certificates there (REUSE). */
+static int certstore_index_creds(struct certstore_loader *ld, const uint32_t *reuse,
+                                 struct certstore_home *home, bool *alone)
+{
+	struct certstore *cs = ld->cs;
+	size_t cap = 16, mask, nset = 0, i, j;
 	uint32_t *table;
 
-	while (cap < 2 * nmulti)
+	for (i = 0; i < cs->nnames; i++)
+		nset += !certstore_own(cs, &cs->names[i]);
+	while (cap < 2 * nset)
 		cap *= 2;
 	mask = cap - 1;
-	table = calloc(cap, sizeof *table);
-	cs->groups = calloc(nmulti + 1, sizeof *cs->groups);
-	if (table == NULL || cs->groups == NULL) {
+	table = calloc(cap, sizeof *table); /* name index + 1; 0 is empty */
+	cs->creds = malloc((cs->nnames + 1) * sizeof *cs->creds);
+	if (table == NULL || cs->creds == NULL) {
 		free(table);
 		return -1;
 	}
 	for (i = 0; i < cs->nnames; i++) {
 		struct certstore_name *n = &cs->names[i];
 		const uint32_t *m = cs->members + n->first;
-		struct certstore_group *g = NULL;
-		if (n->count < 2)
-			continue;
-		for (j = certstore_hash_members(m, n->count) & mask; table[j] != 0; j = (j + 1) & mask) {
-			g = &cs->groups[table[j] - 1];
-			if (g->count == n->count &&
-			    memcmp(cs->members + g->first, m, n->count * sizeof *m) == 0)
-				break;
-			g = NULL;
-		}
-		if (g == NULL) {
-			g = &cs->groups[cs->ngroups++];
-			*g = (struct certstore_group){ .first = n->first, .count = n->count };
-			table[j] = (uint32_t)cs->ngroups;
-			if (certstore_group_build(cs, g) < 0) {
-				free(table);
-				return -1;
+		struct certstore_cred *cr = NULL;
+		if (certstore_own(cs, n)) {
+			cr = cs->certs[m[0]]->src;
+			if (!alone[m[0]])
+				cs->creds[cs->ncreds++] = certstore_cred_ref(cr);
+			alone[m[0]] = true;
+		} else {
+			for (j = certstore_hash_members(m, n->count) & mask; table[j] != 0;
+			     j = (j + 1) & mask) {
+				const struct certstore_name *o = &cs->names[table[j] - 1];
+				if (o->count == n->count &&
+				    memcmp(cs->members + o->first, m, n->count * sizeof *m) == 0) {
+					cr = o->cred;
+					break;
+				}
 			}
 		}
-		n->pub.cred = g->cred;
-		n->pub.label = g->label;
+		if (cr == NULL) {
+			if (reuse[i] != CERTSTORE_NONE)
+				cr = certstore_cred_ref(ld->prev->names[reuse[i]].cred);
+			else if ((cr = certstore_cred_build(ld, n, home)) == NULL)
+				break;
+			cs->creds[cs->ncreds++] = cr;
+			table[j] = (uint32_t)(i + 1);
+		}
+		n->cred = cr;
+		n->pub.cred = cr->cred;
+		n->pub.label = cr->label;
 	}
 	free(table);
-	return 0;
+	return i == cs->nnames ? 0 : -1;
 }
 
-/* Builds the index from what the loader collected; then drops the credential
- * of every certificate that serves no name alone. */
+/* Builds the index from what the loader collected; then moves each new
+ * certificate that serves no name alone into a credential of its groups,
+ * dropping its own (no generation has seen it yet). */
 static int certstore_index(struct certstore_loader *ld)
 {
 	struct certstore *cs = ld->cs;
-	size_t i, nmulti = 0;
+	struct certstore_pair *pairs;
+	struct certstore_home *home = NULL;
+	uint32_t *reuse = NULL;
+	bool *alone = NULL;
+	size_t np = 0, i;
+	int ret = -1;
 
-	if (certstore_index_names(ld) < 0 || certstore_index_hash(cs) < 0)
+	pairs = certstore_index_pairs(ld, &np);
+	if (pairs == NULL)
 		return -1;
-	for (i = 0; i < cs->nnames; i++) {
-		struct certstore_name *n = &cs->names[i];
-		struct certstore_cert *c = &cs->certs[cs->members[n->first]];
-		if (n->count > 1) {
-			nmulti++;
-			continue;
-		}
-		c->alone = true;
-		n->pub.cred = c->cred;
-		n->pub.label = c->label;
-	}
-	if (nmulti > 0 && certstore_index_groups(cs, nmulti) < 0)
-		return -1;
+	reuse = malloc((np + 1) * sizeof *reuse);
+	home = calloc(cs->ncerts + 1, sizeof *home);
+	alone = calloc(cs->ncerts + 1, sizeof *alone);
+	if (reuse == NULL || home == NULL || alone == NULL ||
+	    certstore_index_names(ld, pairs, np, reuse) < 0 || certstore_index_hash(cs) < 0 ||
+	    certstore_index_creds(ld, reuse, home, alone) < 0)
+		goto out;
 	for (i = 0; i < cs->ncerts; i++) {
-		if (!cs->certs[i].alone) {
-			gnutls_certificate_free_credentials(cs->certs[i].cred);
-			cs->certs[i].cred = NULL;
-		}
+		struct certstore_cert *c = cs->certs[i];
+		struct certstore_cred *own = c->src;
+		/* HOME is always set for these: each of their names has a credential
+		 * built just now; checked all the same, keeping the own one. */
+		if (!ld->fresh[i] || alone[i] || home[i].cred == NULL)
+			continue;
+		c->src = certstore_cred_ref(home[i].cred);
+		c->src_idx = home[i].idx;
+		certstore_cred_unref(own);
 	}
-	return 0;
+	ret = 0;
+out:
+	free(pairs);
+	free(reuse);
+	free(home);
+	free(alone);
+	return ret;
 }
 
-/* Frees CS and everything it holds. */
+/* Frees CS, dropping its references to certificates and credentials. */
 static void certstore_free(struct certstore *cs)
 {
 	size_t i;
 
+	for (i = 0; i < cs->ncreds; i++)
+		certstore_cred_unref(cs->creds[i]);
 	for (i = 0; i < cs->ncerts; i++)
-		gnutls_certificate_free_credentials(cs->certs[i].cred);
-	for (i = 0; i < cs->ngroups; i++) {
-		gnutls_certificate_free_credentials(cs->groups[i].cred);
-		free(cs->groups[i].label);
-	}
-	free(cs->groups);
+		certstore_cert_unref(cs->certs[i]);
+	free(cs->creds);
 	free(cs->certs);
+	free(cs->kept);
 	free(cs->names);
 	free(cs->members);
 	free(cs->slots);
-	free(cs->labels);
 	free(cs->strs);
+	free(cs->dir);
 	free(cs);
 }
 
@@ -1144,18 +1536,19 @@ static void certstore_loader_fini(struct certstore_loader *ld, struct certstore_
 	}
 	free(w);
 	for (i = 0; ld->items != NULL && i < ld->nlabels; i++) {
-		if (ld->items[i].loaded)
-			gnutls_certificate_free_credentials(ld->items[i].cert.cred);
+		certstore_cert_unref(ld->items[i].cert);
 		free(ld->items[i].reason);
 	}
 	free(ld->items);
 	free(ld->labels);
 	free(ld->pairs);
 	free(ld->strs);
+	free(ld->prevmap);
+	free(ld->fresh);
 }
 
-int certstore_load(const char *dir, time_t now, certstore_report_fn report, void *arg,
-                   struct certstore **out)
+int certstore_load(const char *dir, time_t now, const struct certstore *prev,
+                   certstore_report_fn report, void *arg, struct certstore **out)
 {
 	struct certstore_loader ld = { .dir = dir, .now = now, .report = report, .arg = arg };
 	struct certstore_worker *w = NULL;
@@ -1164,21 +1557,29 @@ int certstore_load(const char *dir, time_t now, certstore_report_fn report, void
 	int ret = -1;
 
 	*out = NULL;
+	clock_gettime(CLOCK_REALTIME, &ld.started);
+	/* Another directory (the configuration changed) has no last good. */
+	if (prev != NULL && strcmp(prev->dir, dir) == 0)
+		ld.prev = prev;
 	ld.cs = calloc(1, sizeof *ld.cs);
-	if (ld.cs == NULL || (d = opendir(dir)) == NULL) {
+	if (ld.cs == NULL || (ld.cs->dir = strdup(dir)) == NULL || (d = opendir(dir)) == NULL) {
 		certstore_report(&ld, NULL, NULL, "cannot read: %s", strerror(errno));
+		if (ld.cs != NULL)
+			free(ld.cs->dir);
 		free(ld.cs);
 		return -1;
 	}
 	ld.dfd = dirfd(d);
-	if (certstore_list(&ld, d) < 0)
+	if (certstore_list(&ld, d) < 0) {
 		certstore_report(&ld, NULL, NULL, "cannot read: %s", strerror(errno));
-	else if ((ld.items = calloc(ld.nlabels + 1, sizeof *ld.items)) == NULL ||
-	         certstore_run(&ld, &w, &nw) < 0 || certstore_merge(&ld, w, nw) < 0 ||
-	         certstore_index(&ld) < 0)
-		certstore_report(&ld, NULL, NULL, "cannot load: %s", strerror(ENOMEM));
-	else
-		ret = 0;
+	} else {
+		certstore_match_prev(&ld);
+		if (certstore_run(&ld, &w, &nw) < 0 || certstore_merge(&ld, w, nw) < 0 ||
+		    certstore_index(&ld) < 0)
+			certstore_report(&ld, NULL, NULL, "cannot load: %s", strerror(ENOMEM));
+		else
+			ret = 0;
+	}
 	closedir(d);
 	certstore_loader_fini(&ld, w, nw);
 	if (ret < 0) {
@@ -1242,8 +1643,82 @@ void certstore_foreach(const struct certstore *cs, certstore_each_fn fn, void *a
 	for (i = 0; i < cs->nnames; i++) {
 		const struct certstore_name *n = &cs->names[i];
 		for (j = 0; j < n->count; j++) {
-			const struct certstore_cert *c = &cs->certs[cs->members[n->first + j]];
+			const struct certstore_cert *c = cs->certs[cs->members[n->first + j]];
 			fn(arg, n->pub.name, c->label, c->keytype, c->not_after);
 		}
 	}
+}
+
+/* Whether name X of A and name Y of B are served by the same certificates. */
+static bool certstore_same_members(const struct certstore *a, const struct certstore_name *x,
+                                   const struct certstore *b, const struct certstore_name *y)
+{
+	uint32_t i;
+
+	if (x->count != y->count)
+		return false;
+	for (i = 0; i < x->count; i++)
+		if (a->certs[a->members[x->first + i]] != b->certs[b->members[y->first + i]])
+			return false;
+	return true;
+}
+
+void certstore_diff(const struct certstore *prev, const struct certstore *next,
+                    struct certstore_diff *d)
+{
+	size_t np = prev ? prev->ncerts : 0, nn = next ? next->ncerts : 0, i = 0, j = 0;
+	int c;
+
+	*d = (struct certstore_diff){ 0 };
+	/* Both list certificates in directory order, one per directory. */
+	while (j < nn) {
+		c = i < np ? strcmp(prev->certs[i]->label, next->certs[j]->label) : 1;
+		if (c < 0) {
+			i++;
+			continue;
+		}
+		if (c == 0 && prev->certs[i] == next->certs[j] && next->kept[j])
+			d->kept_last_good++;
+		else if (c == 0 && prev->certs[i] == next->certs[j])
+			d->reused++;
+		else
+			d->loaded++;
+		i += c == 0;
+		j++;
+	}
+	np = prev ? prev->nnames : 0;
+	nn = next ? next->nnames : 0;
+	for (i = 0, j = 0; i < np || j < nn;) {
+		c = i == np ? 1 : j == nn ? -1 : strcmp(prev->names[i].pub.name, next->names[j].pub.name);
+		if (c < 0) {
+			d->removed++;
+		} else if (c > 0) {
+			d->added++;
+		} else if (!certstore_same_members(prev, &prev->names[i], next, &next->names[j])) {
+			d->changed++;
+		}
+		i += c <= 0;
+		j += c >= 0;
+	}
+}
+
+const char *certstore_served_label(const struct certstore *cs, const struct certstore_entry *e,
+                                   const gnutls_datum_t *der)
+{
+	const struct certstore_name *n = (const struct certstore_name *)e;
+	if (n->count == 1 || !der || !der->data)
+		return e->label;
+	uint32_t order[16];
+	uint32_t count = n->count < 16 ? n->count : 16;
+	memcpy(order, cs->members + n->first, count * sizeof *order);
+	/* The credential holds the name's certificates in offer order. */
+	qsort_r(order, count, sizeof *order, certstore_cmp_offer, (void *)cs);
+	for (uint32_t i = 0; i < count; i++) {
+		gnutls_datum_t raw;
+		if (gnutls_certificate_get_crt_raw(e->cred, i, 0, &raw) < 0)
+			break;
+		if (raw.size == der->size && memcmp(raw.data, der->data, raw.size) == 0)
+			return cs->certs[order[i]]->label;
+	}
+	return e->label;
 }

@@ -1,7 +1,8 @@
 /* certstore: one immutable, reference-counted generation of the certificates
  * in certs.d/, indexed by the DNS names they serve. Loading never stops at a
  * bad file: each problem is reported (file and reason) and that certificate
- * skipped. Knows nothing of sessions or configuration. */
+ * skipped (on reload: its directory's last good one kept). A reload reads only
+ * changed directories. Knows nothing of sessions or configuration. */
 #ifndef MXFRONT_CERTSTORE_H
 #define MXFRONT_CERTSTORE_H
 
@@ -37,9 +38,36 @@ typedef void (*certstore_report_fn)(void *arg, const char *path, const char *rea
 /* Loads every DIR/<label>/fullchain.pem + privkey.pem (hidden entries
  * ignored) into a new generation with one reference (the caller's). NOW is
  * the time expiry is judged against. Returns 0, or -1 only when DIR itself
- * cannot be read (REPORT says why); bad certificates are reported and skipped. */
-int certstore_load(const char *dir, time_t now, certstore_report_fn report, void *arg,
-                   struct certstore **out);
+ * cannot be read (REPORT says why); bad certificates are reported and skipped.
+ * PREV (NULL on first load; borrowed: the caller holds a reference for the
+ * call) is the live generation, loaded from the same DIR (else it is
+ * ignored): a directory whose two files have the same device, inode, size,
+ * mtime and ctime as when PREV read them is not read again (unless they had
+ * been modified less than 2 s before that read: a coarse clock could hide a
+ * rewrite), its certificate and credentials are shared; one that is still
+ * listed but fails now keeps PREV's certificate from it if that has not
+ * expired (the report ends "; keeping the previous certificate"); a removed
+ * one takes its names away. Nothing reachable from PREV is changed but
+ * reference counts, so PREV may be in use on other threads meanwhile, and
+ * the two generations may be released in any order, on any threads. */
+int certstore_load(const char *dir, time_t now, const struct certstore *prev,
+                   certstore_report_fn report, void *arg, struct certstore **out);
+
+/* What a reload changed, for its log line: names are counted once each,
+ * directories once per certificate directory of NEXT. */
+struct certstore_diff {
+	size_t added;          /* names NEXT serves and PREV did not */
+	size_t removed;        /* names PREV served and NEXT does not */
+	size_t changed;        /* names served by other certificates (or ones read again) */
+	size_t loaded;         /* directories read and loaded anew */
+	size_t reused;         /* directories unchanged since PREV: certificate shared, not read */
+	size_t kept_last_good; /* directories that failed, PREV's certificate from them kept */
+};
+
+/* Compares NEXT with PREV, the generation it was loaded beside (NULL: every
+ * name is added, every directory loaded). O(names + certificates). */
+void certstore_diff(const struct certstore *prev, const struct certstore *next,
+                    struct certstore_diff *d);
 
 struct certstore *certstore_ref(struct certstore *cs);
 void certstore_unref(struct certstore *cs);
@@ -54,6 +82,11 @@ int certstore_normalize(const char *name, size_t len, char *out, size_t outsize)
  * "example.com"). O(1) in the number of names. NULL if neither. */
 const struct certstore_entry *certstore_lookup(const struct certstore *cs, const char *name,
                                                enum certstore_match *how);
+
+/* The directory of the certificate of E (looked up in CS) whose leaf is DER
+ * -- the one GnuTLS sent -- or E->label when it is not found. */
+const char *certstore_served_label(const struct certstore *cs, const struct certstore_entry *e,
+                                   const gnutls_datum_t *der);
 
 /* Number of certificates loaded and names served. */
 size_t certstore_ncerts(const struct certstore *cs);

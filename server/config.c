@@ -59,6 +59,7 @@ static const struct config_key config_keys[] = {
 	{ "server", "max_connection_rate", CONFIG_UINT, OFF(max_connection_rate), 0, 1000000, "0" },
 	{ "server", "max_junk_commands", CONFIG_UINT, OFF(max_junk_commands), 1, 100000, "100" },
 	{ "server", "greeting_delay", CONFIG_DURATION, OFF(greeting_delay_ms), 0, 60000, "0" },
+	{ "server", "workers", CONFIG_UINT, OFF(workers), 0, 256, "0" },
 	{ "server", "user", CONFIG_STRING, OFF(user), 0, 0, "" },
 	{ "server", "group", CONFIG_STRING, OFF(group), 0, 0, "" },
 	{ "backend", "address", CONFIG_BACKEND, OFF(backend), 0, 0, "127.0.0.1:24" },

@@ -32,6 +32,7 @@ struct config {
 	unsigned max_recipients;
 	unsigned max_errors;
 	unsigned shutdown_timeout_ms;
+	unsigned workers; /* event loops (threads); 0: one per CPU */
 	unsigned max_clients_per_ip;   /* 0: no limit */
 	unsigned max_connection_rate;  /* per client address per minute; 0: no limit */
 	unsigned max_junk_commands;    /* NOOP, VRFY, HELP, RSET, unknown */

@@ -5,6 +5,9 @@
 #include "listener.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +17,15 @@
 #include "iplimit.h"
 #include "log.h"
 #include "session.h"
+
+/* What the listeners of all workers share: the client total for
+ * max_clients and the per-address counts, behind one mutex (taken once per
+ * connect and once per close, never while waiting). */
+struct listener_shared {
+	atomic_uint nclients;
+	uv_mutex_t lock;
+	struct iplimit *iplimit;
+};
 
 /* One listening socket; allocated alone because libuv handles never move. */
 struct listener_sock {
@@ -30,8 +42,8 @@ struct listener {
 	struct listener_sock **socks;
 	size_t nsocks;
 	size_t open_handles; /* sockets and the timer not yet closed */
-	unsigned nclients;
-	struct iplimit *iplimit;
+	unsigned nclients;            /* this loop's sessions */
+	struct listener_shared *shared;
 	struct session_link sessions; /* list head */
 	uv_timer_t shutdown_timer;
 	bool stopping;
@@ -49,7 +61,6 @@ static void listener_maybe_done(struct listener *l)
 	void *arg = l->done_arg;
 	config_unref(l->cfg);
 	tls_context_unref(l->tc);
-	iplimit_free(l->iplimit);
 	free(l->socks);
 	free(l);
 	if (done)
@@ -62,8 +73,12 @@ static void listener_session_gone(void *arg, struct session *s)
 	struct session_link *k = session_link(s);
 	k->prev->next = k->next;
 	k->next->prev = k->prev;
-	if (k->counted)
-		iplimit_release(l->iplimit, (struct sockaddr *)&k->peer);
+	if (k->counted) {
+		uv_mutex_lock(&l->shared->lock);
+		iplimit_release(l->shared->iplimit, (struct sockaddr *)&k->peer);
+		uv_mutex_unlock(&l->shared->lock);
+	}
+	atomic_fetch_sub(&l->shared->nclients, 1);
 	l->nclients--;
 	if (l->stopping && l->nclients == 0 && !uv_is_closing((uv_handle_t *)&l->shutdown_timer))
 		uv_close((uv_handle_t *)&l->shutdown_timer, listener_timer_closed_cb);
@@ -75,15 +90,19 @@ static void listener_session_gone(void *arg, struct session *s)
 static const char *listener_admit(struct listener *l, struct session_link *k, uv_tcp_t *tcp)
 {
 	const struct config *cfg = l->cfg;
-	if (l->nclients > cfg->max_clients) {
+	if (atomic_load(&l->shared->nclients) > cfg->max_clients) {
 		log_warn("event=limit kind=max_clients limit=%u", cfg->max_clients);
 		return "Too many connections, try again later";
 	}
 	int len = sizeof k->peer;
 	if (uv_tcp_getpeername(tcp, (struct sockaddr *)&k->peer, &len) != 0)
 		return NULL;
-	switch (iplimit_acquire(l->iplimit, (struct sockaddr *)&k->peer, uv_now(l->loop),
-	                        cfg->max_clients_per_ip, cfg->max_connection_rate)) {
+	uv_mutex_lock(&l->shared->lock);
+	enum iplimit_verdict v = iplimit_acquire(l->shared->iplimit, (struct sockaddr *)&k->peer,
+	                                         uv_now(l->loop), cfg->max_clients_per_ip,
+	                                         cfg->max_connection_rate);
+	uv_mutex_unlock(&l->shared->lock);
+	switch (v) {
 	case IPLIMIT_OK:
 		k->counted = true;
 		return NULL;
@@ -117,6 +136,7 @@ static void listener_accept_cb(uv_stream_t *server, int status)
 	l->sessions.prev->next = k;
 	l->sessions.prev = k;
 	l->nclients++;
+	atomic_fetch_add(&l->shared->nclients, 1);
 	if (uv_accept(server, (uv_stream_t *)session_tcp(s)) != 0) {
 		session_close(s, "accept failed");
 		return;
@@ -142,14 +162,15 @@ static void listener_sock_close(struct listener_sock *ls)
 		uv_close((uv_handle_t *)&ls->tcp, listener_sock_closed_cb);
 }
 
-/* Opens a socket for A; NULL with ERR on failure (the handle then closes). */
+/* Wraps the bound, listening FD for A; NULL on failure (FD closed). */
 static struct listener_sock *listener_sock_open(struct listener *l, const struct config_addr *a,
-                                                char *err, size_t errsize)
+                                                int fd)
 {
 	struct listener_sock *ls = calloc(1, sizeof *ls);
 	if (!ls || !(ls->addr.text = strdup(a->text))) {
 		free(ls);
-		snprintf(err, errsize, "out of memory");
+		close(fd);
+		log_error("event=listen_error listen=%s reason=\"out of memory\"", a->text);
 		return NULL;
 	}
 	ls->l = l;
@@ -158,12 +179,13 @@ static struct listener_sock *listener_sock_open(struct listener *l, const struct
 	ls->addr.salen = a->salen;
 	uv_tcp_init(l->loop, &ls->tcp);
 	l->open_handles++;
-	unsigned flags = a->sa.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
-	int rc = uv_tcp_bind(&ls->tcp, (const struct sockaddr *)&a->sa, flags);
+	int rc = uv_tcp_open(&ls->tcp, fd);
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)&ls->tcp, 511, listener_accept_cb);
 	if (rc < 0) {
-		snprintf(err, errsize, "listen %s: %s", a->text, uv_strerror(rc));
+		log_error("event=listen_error listen=%s reason=\"%s\"", a->text, uv_strerror(rc));
+		if (uv_fileno((uv_handle_t *)&ls->tcp, &(uv_os_fd_t){ 0 }) != 0)
+			close(fd);
 		listener_sock_close(ls);
 		return NULL;
 	}
@@ -175,63 +197,137 @@ static bool listener_same_addr(const struct config_addr *a, const struct config_
 	return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
 }
 
-int listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, char *err,
-                    size_t errsize)
+bool listener_same_address(const struct config_addr *a, const struct config_addr *b)
 {
-	struct listener_sock **next = calloc(cfg->n_listen ? cfg->n_listen : 1, sizeof *next);
-	bool *fresh = calloc(cfg->n_listen ? cfg->n_listen : 1, sizeof *fresh);
-	bool *kept = calloc(l->nsocks ? l->nsocks : 1, sizeof *kept);
-	int rc = next && fresh && kept ? 0 : -1;
-	if (rc < 0)
-		snprintf(err, errsize, "out of memory");
-	for (size_t i = 0; rc == 0 && i < cfg->n_listen; i++) {
-		for (size_t j = 0; j < l->nsocks && !next[i]; j++)
-			if (!kept[j] && listener_same_addr(&l->socks[j]->addr, &cfg->listen[i]))
-				next[i] = l->socks[j], kept[j] = true;
-		if (!next[i]) {
-			next[i] = listener_sock_open(l, &cfg->listen[i], err, errsize);
-			fresh[i] = true;
-			if (!next[i])
-				rc = -1;
-		}
-	}
-	if (rc < 0) {
-		/* Nothing changes: close only what this call opened. */
-		for (size_t i = 0; next && i < cfg->n_listen; i++)
-			if (fresh && fresh[i] && next[i])
-				listener_sock_close(next[i]);
-	} else {
-		for (size_t j = 0; j < l->nsocks; j++) {
-			if (!kept[j]) {
-				log_info("event=listener_closed listen=%s", l->socks[j]->addr.text);
-				listener_sock_close(l->socks[j]);
-			}
-		}
-		for (size_t i = 0; i < cfg->n_listen; i++) {
-			next[i]->default_cert = cfg->listen[i].default_cert;
-			if (fresh[i] && l->nsocks)
-				log_info("event=listener_opened listen=%s", cfg->listen[i].text);
-		}
-		free(l->socks);
-		l->socks = next;
-		next = NULL;
-		l->nsocks = cfg->n_listen;
-		struct config *old_cfg = l->cfg;
-		struct tls_context *old_tc = l->tc;
-		l->cfg = config_ref(cfg);
-		l->tc = tc ? tls_context_ref(tc) : NULL;
-		config_unref(old_cfg);
-		tls_context_unref(old_tc);
-	}
-	free(next);
-	free(fresh);
-	free(kept);
-	return rc;
+	return listener_same_addr(a, b);
 }
 
-size_t listener_count(const struct listener *l)
+void listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, const int *fds)
 {
-	return l->nsocks;
+	struct listener_sock **next = calloc(cfg->n_listen ? cfg->n_listen : 1, sizeof *next);
+	bool *kept = calloc(l->nsocks ? l->nsocks : 1, sizeof *kept);
+	if (!next || !kept) {
+		log_error("event=reload_error reason=\"out of memory: listeners unchanged\"");
+		for (size_t i = 0; i < cfg->n_listen; i++)
+			if (fds[i] >= 0)
+				close(fds[i]);
+		free(next);
+		free(kept);
+		return;
+	}
+	size_t n = 0;
+	for (size_t i = 0; i < cfg->n_listen; i++) {
+		struct listener_sock *ls = NULL;
+		if (fds[i] >= 0) {
+			ls = listener_sock_open(l, &cfg->listen[i], fds[i]);
+		} else {
+			for (size_t j = 0; j < l->nsocks && !ls; j++)
+				if (!kept[j] && listener_same_addr(&l->socks[j]->addr, &cfg->listen[i]))
+					ls = l->socks[j], kept[j] = true;
+		}
+		if (ls) {
+			ls->default_cert = cfg->listen[i].default_cert;
+			next[n++] = ls;
+		}
+	}
+	for (size_t j = 0; j < l->nsocks; j++)
+		if (!kept[j])
+			listener_sock_close(l->socks[j]);
+	free(l->socks);
+	free(kept);
+	l->socks = next;
+	l->nsocks = n;
+	struct config *old_cfg = l->cfg;
+	struct tls_context *old_tc = l->tc;
+	l->cfg = config_ref(cfg);
+	l->tc = tc ? tls_context_ref(tc) : NULL;
+	config_unref(old_cfg);
+	tls_context_unref(old_tc);
+}
+
+/* One socket bound to SA with SO_REUSEPORT, listening; -1 with ERR. */
+static int listener_socket(const struct sockaddr *sa, socklen_t salen, char *err, size_t errsize)
+{
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int on = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+	    (sa->sa_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) ||
+	    bind(fd, sa, salen) < 0 || listen(fd, 511) < 0) {
+		snprintf(err, errsize, "%s", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void listener_format(const struct sockaddr *sa, char *out, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN];
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
+		snprintf(out, size, "[%s]:%d", ip, ntohs(sin6->sin6_port));
+	} else {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
+		snprintf(out, size, "%s:%d", ip, ntohs(sin->sin_port));
+	}
+}
+
+int listener_bind(const struct config_addr *a, unsigned n, int *fds, char *bound, size_t boundsize,
+                  char *err, size_t errsize)
+{
+	struct sockaddr_storage ss = a->sa;
+	socklen_t len = a->salen;
+	char why[200];
+	for (unsigned i = 0; i < n; i++) {
+		fds[i] = listener_socket((struct sockaddr *)&ss, len, why, sizeof why);
+		if (fds[i] < 0) {
+			snprintf(err, errsize, "listen %s: %s", a->text, why);
+			while (i--)
+				close(fds[i]);
+			return -1;
+		}
+		if (i == 0) {
+			/* Port 0: every worker's socket must share the one port picked. */
+			socklen_t got = sizeof ss;
+			getsockname(fds[0], (struct sockaddr *)&ss, &got);
+			len = got;
+			listener_format((struct sockaddr *)&ss, bound, boundsize);
+		}
+	}
+	return 0;
+}
+
+struct listener_shared *listener_shared_new(void)
+{
+	struct listener_shared *sh = calloc(1, sizeof *sh);
+	if (!sh)
+		return NULL;
+	sh->iplimit = iplimit_new();
+	if (!sh->iplimit || uv_mutex_init(&sh->lock) != 0) {
+		iplimit_free(sh->iplimit);
+		free(sh);
+		return NULL;
+	}
+	return sh;
+}
+
+unsigned listener_shared_sessions(struct listener_shared *sh)
+{
+	return atomic_load(&sh->nclients);
+}
+
+void listener_shared_free(struct listener_shared *sh)
+{
+	if (!sh)
+		return;
+	uv_mutex_destroy(&sh->lock);
+	iplimit_free(sh->iplimit);
+	free(sh);
 }
 
 unsigned listener_sessions(const struct listener *l)
@@ -239,68 +335,23 @@ unsigned listener_sessions(const struct listener *l)
 	return l->nclients;
 }
 
-int listener_address(const struct listener *l, size_t i, char *out, size_t size)
-{
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-	char ip[INET6_ADDRSTRLEN];
-	if (i >= l->nsocks || uv_tcp_getsockname(&l->socks[i]->tcp, (struct sockaddr *)&ss, &len) != 0)
-		return -1;
-	if (ss.ss_family == AF_INET6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-		inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
-		snprintf(out, size, "[%s]:%d", ip, ntohs(sin6->sin6_port));
-	} else {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-		inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-		snprintf(out, size, "%s:%d", ip, ntohs(sin->sin_port));
-	}
-	return 0;
-}
-
-int listener_write_addresses(const struct listener *l, const char *path)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		return -1;
-	for (size_t i = 0; i < l->nsocks; i++) {
-		char addr[80];
-		if (listener_address(l, i, addr, sizeof addr) == 0)
-			fprintf(f, "%s\n", addr);
-	}
-	if (fclose(f) != 0 || rename(tmp, path) != 0) {
-		unlink(tmp);
-		return -1;
-	}
-	return 0;
-}
-
-struct listener *listener_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                              char *err, size_t errsize)
+struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared, struct config *cfg,
+                              struct tls_context *tc, const int *fds)
 {
 	struct listener *l = calloc(1, sizeof *l);
 	if (!l) {
-		snprintf(err, errsize, "out of memory");
+		for (size_t i = 0; i < cfg->n_listen; i++)
+			close(fds[i]);
 		return NULL;
 	}
 	l->loop = loop;
+	l->shared = shared;
 	l->sessions.next = l->sessions.prev = &l->sessions;
-	l->iplimit = iplimit_new();
-	if (!l->iplimit) {
-		free(l);
-		snprintf(err, errsize, "out of memory");
-		return NULL;
-	}
 	uv_timer_init(loop, &l->shutdown_timer);
 	l->shutdown_timer.data = l;
 	l->open_handles = 1;
 	l->cfg = config_ref(cfg);
-	if (listener_update(l, cfg, tc, err, errsize) < 0) {
-		listener_stop(l, NULL, NULL);
-		return NULL;
-	}
+	listener_update(l, cfg, tc, fds);
 	return l;
 }
 

@@ -1,9 +1,12 @@
 /* listener: the listening sockets of one event loop, accept, the connection
- * limit, the live sessions (for a graceful stop) and the generation (config
- * and TLS context) that new sessions get. Reads no client byte. */
+ * limits, the live sessions (for a graceful stop) and the generation (config
+ * and TLS context) that new sessions get. Sockets are bound by
+ * listener_bind() (on the main thread, for all loops at once) and handed
+ * over as file descriptors. Reads no client byte. */
 #ifndef MXFRONT_LISTENER_H
 #define MXFRONT_LISTENER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -11,30 +14,40 @@
 #include "tls.h"
 
 struct listener;
+struct listener_shared;
 
-/* Binds and listens on every address of CFG, taking references to CFG and
- * TC (NULL: no STARTTLS). Returns NULL with ERR filled ("listen ADDR:
- * reason") on failure. */
-struct listener *listener_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                              char *err, size_t errsize);
+/* State shared by the listeners of every loop: the client total for
+ * max_clients and the per-address counts. Owned by the caller. */
+struct listener_shared *listener_shared_new(void);
+void listener_shared_free(struct listener_shared *sh);
+
+/* Sessions open on every loop together. */
+unsigned listener_shared_sessions(struct listener_shared *sh);
+
+/* Creates N listening sockets for A, all on the same address and port
+ * (SO_REUSEPORT: the kernel spreads connections over the loops; port 0
+ * picks one port for all), stores them in FDS and the bound address in
+ * BOUND ("ip:port", "[ip6]:port"). Returns 0, or -1 with ERR and nothing
+ * left open. */
+int listener_bind(const struct config_addr *a, unsigned n, int *fds, char *bound, size_t boundsize,
+                  char *err, size_t errsize);
+
+/* True when A and B name the same socket address. */
+bool listener_same_address(const struct config_addr *a, const struct config_addr *b);
+
+/* A listener on LOOP for CFG and TC (references taken; TC may be NULL: no
+ * STARTTLS), taking ownership of FDS[i], the bound socket for
+ * cfg->listen[i]. SHARED must outlive it. */
+struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared, struct config *cfg,
+                              struct tls_context *tc, const int *fds);
 
 /* Switches new sessions to CFG and TC (references taken, the old ones
- * dropped; sessions in progress keep theirs). Sockets whose address is
- * unchanged stay open; new addresses are bound first and, if any fails,
- * nothing changes and -1 comes back with ERR. */
-int listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, char *err,
-                    size_t errsize);
+ * dropped; sessions in progress keep theirs). For each cfg->listen[i],
+ * FDS[i] >= 0 is a new socket to take over; -1 keeps the open socket with
+ * the same address. Sockets not named any more are closed. */
+void listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, const int *fds);
 
-/* Number of listening sockets, and the bound address of socket I as
- * "ip:port" / "[ip6]:port" (useful with port 0). */
-size_t listener_count(const struct listener *l);
-int listener_address(const struct listener *l, size_t i, char *out, size_t size);
-
-/* Writes every bound address, one per line, to PATH (temporary file and
- * rename, so a reader never sees half of it). Returns 0 or -1. */
-int listener_write_addresses(const struct listener *l, const char *path);
-
-/* Sessions open now. */
+/* Sessions open on this loop now. */
 unsigned listener_sessions(const struct listener *l);
 
 /* Graceful stop: closes the sockets, lets each session finish its

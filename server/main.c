@@ -15,7 +15,6 @@
 
 #include "certstore.h"
 #include "config.h"
-#include "listener.h"
 #include "log.h"
 #include "reload.h"
 #include "tls.h"
@@ -67,7 +66,8 @@ static int main_load_tls(struct config *cfg, struct certstore **cs, struct tls_c
 	*tc = NULL;
 	*cs = NULL;
 	int before = *problems;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, problems, cs) < 0) {
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, problems,
+	                   cs) < 0) {
 		/* No certs.d at all is a plaintext-only set-up, not a broken file. */
 		*problems = before;
 		*cs = NULL;
@@ -163,7 +163,8 @@ static int main_certs(struct config *cfg)
 {
 	struct certstore *cs;
 	int problems = 0;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), main_cert_problem_cb, &problems, &cs) < 0)
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, &problems,
+	                   &cs) < 0)
 		return 1;
 	struct main_certs_row m = { cfg, time(NULL) };
 	printf("%-40s %-24s %-11s %-10s %5s %s\n", "NAME", "CERTIFICATE", "KEY", "NOT-AFTER", "DAYS",
@@ -173,40 +174,33 @@ static int main_certs(struct config *cfg)
 	return problems ? 1 : 0;
 }
 
-static void main_stopped_cb(void *arg)
-{
-	(void)arg;
-}
-
-/* Binds, drops privileges, hands the generation to reload and runs the loop
- * until a graceful stop has closed everything. */
+/* Binds, drops privileges, starts the workers and runs the main loop
+ * (signals and reloads) until a graceful stop has ended every worker. */
 static int main_run(const char *path, struct config *cfg, struct certstore *cs,
                     struct tls_context *tc, const char *address_file)
 {
 	uv_loop_t loop;
 	char err[512];
+	unsigned workers = cfg->workers ? cfg->workers : uv_available_parallelism();
 	uv_loop_init(&loop);
-	struct listener *l = listener_new(&loop, cfg, tc, err, sizeof err);
+	struct reload *r = reload_new(&loop, path, address_file, workers, cfg, cs, tc, err, sizeof err);
 	int rc = 0;
-	if (!l) {
+	if (!r) {
 		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
 	} else if (main_drop_privileges(cfg, err, sizeof err) < 0) {
 		fprintf(stderr, "mxfront: %s: %s\n", path, err);
 		rc = 1;
-	} else if (address_file && listener_write_addresses(l, address_file) < 0) {
-		fprintf(stderr, "mxfront: cannot write %s\n", address_file);
+	} else if (reload_start(r, err, sizeof err) < 0) {
+		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
-	} else if (!reload_new(&loop, path, address_file, cfg, cs, tc, l, main_stopped_cb, NULL)) {
-		fprintf(stderr, "mxfront: out of memory\n");
-		rc = 1;
-	}
-	if (rc == 0)
-		log_info("event=start version=%s hostname=%s backend=%s listeners=%zu starttls=%s",
-		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, listener_count(l),
+	} else {
+		log_info("event=start version=%s hostname=%s backend=%s workers=%u starttls=%s",
+		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, workers,
 		         tls_context_usable(tc) ? "yes" : "no");
-	else if (l)
-		listener_stop(l, NULL, NULL);
+		uv_run(&loop, UV_RUN_DEFAULT);
+	}
+	reload_free(r);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&loop) != 0)
 		log_warn("event=exit reason=\"handles left open\"");

@@ -1,26 +1,54 @@
-/* reload: owns the signal watchers and the live generation (config,
- * certificate store, TLS context). A reload is built beside the live one on
- * a libuv worker thread and installed on the loop thread only if the
- * configuration parsed, a default certificate exists and the listeners
- * could be opened; otherwise the old generation keeps running untouched. */
+/* reload: owns the signal watchers, the worker threads, the set of bound
+ * listening addresses and the live generation (config, certificate store,
+ * TLS context). A reload is built beside the live one on a libuv pool
+ * thread and installed from the main loop only if the configuration parsed,
+ * a default certificate exists and every new address could be bound;
+ * otherwise the old generation keeps running untouched. */
 #include "reload.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "listener.h"
 #include "log.h"
+#include "worker.h"
+
+/* One bound address: the same on every worker. */
+struct reload_bound {
+	struct config_addr addr; /* sa and salen only */
+	char listen[80];         /* as configured: "127.0.0.1:0" */
+	char text[80];           /* as bound: "127.0.0.1:41235" */
+};
+
+/* Sockets for one generation: fds[i * nworkers + w] for cfg->listen[i],
+ * worker w; -1 where the worker keeps its socket. */
+struct reload_binding {
+	int *fds;
+	struct reload_bound *bound;
+	size_t n;
+};
 
 struct reload {
 	uv_loop_t *loop;
 	uv_signal_t term, intr, hup;
+	uv_async_t worker_done;
 	uv_work_t work;
 	int open;
 	const char *path;
 	const char *address_file;
-	struct listener *listener;
+
+	struct listener_shared *shared;
+	struct worker **workers;
+	unsigned nworkers;
+	atomic_uint nstopped;
+	struct reload_binding first; /* sockets of the first generation, until started */
+	struct reload_bound *bound;  /* what is listening now */
+	size_t nbound;
 
 	/* the live generation: references */
 	struct config *cfg;
@@ -28,14 +56,12 @@ struct reload {
 	struct tls_context *tc;
 	unsigned generation;
 
-	bool loading;  /* a worker is building the next generation */
-	bool again;    /* SIGHUP arrived meanwhile: reload once more */
+	bool loading;       /* a pool thread is building the next generation */
+	bool again;         /* SIGHUP arrived meanwhile: reload once more */
 	bool stopping;
-	bool close_pending; /* stopped while loading: close once the worker is back */
-	void (*stopped)(void *arg);
-	void *arg;
+	bool close_pending; /* all workers stopped while loading */
 
-	/* what the worker built; read on the loop thread after it finished */
+	/* what the pool thread built; read on the loop thread after it finished */
 	struct config *next_cfg;
 	struct certstore *next_cs;
 	int problems;
@@ -43,7 +69,110 @@ struct reload {
 	char err[512];
 };
 
-/* certstore reports, from the worker thread: one log line each. */
+/* ---- sockets ---- */
+
+static void reload_binding_close(struct reload_binding *b, unsigned nworkers)
+{
+	for (size_t i = 0; b->fds && i < b->n * nworkers; i++)
+		if (b->fds[i] >= 0)
+			close(b->fds[i]);
+	free(b->fds);
+	free(b->bound);
+	memset(b, 0, sizeof *b);
+}
+
+/* Binds every address of CFG not already bound (all-or-nothing). */
+static int reload_bind(struct reload *r, const struct config *cfg, struct reload_binding *b,
+                       char *err, size_t errsize)
+{
+	size_t n = cfg->n_listen;
+	b->n = n;
+	b->fds = malloc(n * r->nworkers * sizeof *b->fds);
+	b->bound = calloc(n, sizeof *b->bound);
+	if (!b->fds || !b->bound) {
+		snprintf(err, errsize, "out of memory");
+		reload_binding_close(b, r->nworkers);
+		return -1;
+	}
+	for (size_t i = 0; i < n * r->nworkers; i++)
+		b->fds[i] = -1;
+	for (size_t i = 0; i < n; i++) {
+		const struct config_addr *a = &cfg->listen[i];
+		b->bound[i].addr.sa = a->sa;
+		b->bound[i].addr.salen = a->salen;
+		snprintf(b->bound[i].listen, sizeof b->bound[i].listen, "%s", a->text);
+		size_t j;
+		for (j = 0; j < r->nbound; j++)
+			if (listener_same_address(&r->bound[j].addr, a))
+				break;
+		if (j < r->nbound) {
+			memcpy(b->bound[i].text, r->bound[j].text, sizeof b->bound[i].text);
+			continue;
+		}
+		if (listener_bind(a, r->nworkers, &b->fds[i * r->nworkers], b->bound[i].text,
+		                  sizeof b->bound[i].text, err, errsize) < 0) {
+			reload_binding_close(b, r->nworkers);
+			return -1;
+		}
+		if (r->nbound)
+			log_info("event=listener_opened listen=%s bound=%s", a->text, b->bound[i].text);
+	}
+	return 0;
+}
+
+/* The sockets of worker W in B, one per listen address. */
+static void reload_worker_fds(const struct reload_binding *b, unsigned nworkers, unsigned w, int *out)
+{
+	for (size_t i = 0; i < b->n; i++)
+		out[i] = b->fds[i * nworkers + w];
+}
+
+static void reload_write_addresses(struct reload *r)
+{
+	if (!r->address_file)
+		return;
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s.tmp.%d", r->address_file, (int)getpid());
+	FILE *f = fopen(tmp, "w");
+	bool ok = f != NULL;
+	for (size_t i = 0; ok && i < r->nbound; i++)
+		fprintf(f, "%s\n", r->bound[i].text);
+	if (f && fclose(f) != 0)
+		ok = false;
+	if (!ok || rename(tmp, r->address_file) != 0) {
+		unlink(tmp);
+		log_warn("event=address_file_error file=%s", r->address_file);
+	}
+}
+
+/* Hands B's sockets to the workers with the generation, and makes B the
+ * set of bound addresses (logging the ones that went away). */
+static void reload_hand_over(struct reload *r, struct reload_binding *b)
+{
+	int *fds = malloc((b->n ? b->n : 1) * sizeof *fds);
+	for (unsigned w = 0; fds && w < r->nworkers; w++) {
+		reload_worker_fds(b, r->nworkers, w, fds);
+		worker_update(r->workers[w], r->cfg, r->tc, fds);
+	}
+	free(fds);
+	for (size_t j = 0; j < r->nbound; j++) {
+		bool kept = false;
+		for (size_t i = 0; i < b->n && !kept; i++)
+			kept = listener_same_address(&r->bound[j].addr, &b->bound[i].addr);
+		if (!kept)
+			log_info("event=listener_closed listen=%s bound=%s", r->bound[j].listen,
+			         r->bound[j].text);
+	}
+	free(r->bound);
+	r->bound = b->bound;
+	r->nbound = b->n;
+	free(b->fds);
+	memset(b, 0, sizeof *b);
+}
+
+/* ---- the reload itself ---- */
+
+/* certstore reports, from the pool thread: one log line each. */
 static void reload_problem_cb(void *arg, const char *path, const char *reason)
 {
 	struct reload *r = arg;
@@ -58,7 +187,7 @@ static double reload_now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Worker thread: only reads files and the live certstore (immutable). */
+/* Pool thread: only reads files and the live certstore (immutable). */
 static void reload_work_cb(uv_work_t *req)
 {
 	struct reload *r = req->data;
@@ -69,7 +198,9 @@ static void reload_work_cb(uv_work_t *req)
 	r->err[0] = '\0';
 	if (config_load(r->path, &r->next_cfg, r->err, sizeof r->err) < 0)
 		return;
-	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), reload_problem_cb, r,
+	/* Unchanged directories are reused from the live store without reading
+	 * them; a directory that fails now keeps its last good certificate. */
+	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), r->cs, reload_problem_cb, r,
 	                        &r->next_cs);
 	if (rc < 0) {
 		/* An unreadable certs.d/ never switches TLS off: keep the live store. */
@@ -80,49 +211,59 @@ static void reload_work_cb(uv_work_t *req)
 	r->load_ms = reload_now_ms() - t0;
 }
 
-static void reload_start(struct reload *r);
+static void reload_start_work(struct reload *r);
 static void reload_close(struct reload *r);
 
-/* Loop thread: install what the worker built, or keep everything. */
+/* Makes CFG/CS/TC (references handed over) the live generation. */
+static void reload_install(struct reload *r, struct config *cfg, struct certstore *cs,
+                           struct tls_context *tc, struct reload_binding *b)
+{
+	if (strcmp(cfg->user, r->cfg->user) != 0 || strcmp(cfg->group, r->cfg->group) != 0)
+		log_warn("event=reload_warning reason=\"user/group changes need a restart\"");
+	if (cfg->workers != r->cfg->workers)
+		log_warn("event=reload_warning reason=\"a new number of workers needs a restart\"");
+	struct certstore *old_cs = r->cs;
+	config_unref(r->cfg);
+	tls_context_unref(r->tc);
+	r->cfg = cfg;
+	r->cs = cs;
+	r->tc = tc;
+	r->generation++;
+	reload_hand_over(r, b);
+	struct certstore_diff d = { 0 };
+	if (cs)
+		certstore_diff(old_cs, cs, &d);
+	log_info("event=reload result=ok generation=%u certs=%zu names=%zu added=%zu removed=%zu "
+	         "changed=%zu kept_last_good=%zu reused=%zu problems=%d listeners=%zu load_ms=%.1f",
+	         r->generation, cs ? certstore_ncerts(cs) : 0, cs ? certstore_nnames(cs) : 0, d.added,
+	         d.removed, d.changed, d.kept_last_good, d.reused, r->problems, r->nbound, r->load_ms);
+	certstore_unref(old_cs);
+	reload_write_addresses(r);
+}
+
+/* Loop thread: install what the pool thread built, or keep everything. */
 static void reload_after_cb(uv_work_t *req, int status)
 {
 	struct reload *r = req->data;
 	struct config *cfg = r->next_cfg;
 	struct certstore *cs = r->next_cs;
 	struct tls_context *tc = NULL;
+	struct reload_binding b = { 0 };
 	char err[512] = "";
 	r->loading = false;
-	if (r->stopping || status < 0) {
+	if (r->stopping || status < 0)
 		snprintf(err, sizeof err, "stopping");
-	} else if (!cfg) {
+	else if (!cfg)
 		snprintf(err, sizeof err, "%s", r->err);
-	} else if (cs && tls_context_new(cfg, cs, &tc, err, sizeof err) < 0) {
+	else if (r->cs && certstore_ncerts(r->cs) > 0 && (!cs || certstore_ncerts(cs) == 0))
+		snprintf(err, sizeof err, "no usable certificate left in %s; TLS stays on with the "
+		         "loaded ones", cfg->tls_certs_dir);
+	else if (cs && tls_context_new(cfg, cs, &tc, err, sizeof err) < 0)
 		tc = NULL;
-	} else if (listener_update(r->listener, cfg, tc, err, sizeof err) < 0) {
+	else if (reload_bind(r, cfg, &b, err, sizeof err) < 0)
 		tls_context_unref(tc);
-		tc = NULL;
-	} else {
-		if (strcmp(cfg->user, r->cfg->user) != 0 || strcmp(cfg->group, r->cfg->group) != 0)
-			log_warn("event=reload_warning reason=\"user/group changes need a restart\"");
-		struct config *old_cfg = r->cfg;
-		struct certstore *old_cs = r->cs;
-		struct tls_context *old_tc = r->tc;
-		r->cfg = cfg;
-		r->cs = cs;
-		r->tc = tc;
-		r->generation++;
-		log_info("event=reload result=ok generation=%u certs=%zu names=%zu problems=%d "
-		         "listeners=%zu load_ms=%.1f",
-		         r->generation, cs ? certstore_ncerts(cs) : 0, cs ? certstore_nnames(cs) : 0,
-		         r->problems, listener_count(r->listener), r->load_ms);
-		if (r->address_file && listener_write_addresses(r->listener, r->address_file) < 0)
-			log_warn("event=reload_warning reason=\"cannot write %s\"", r->address_file);
-		config_unref(old_cfg);
-		certstore_unref(old_cs);
-		tls_context_unref(old_tc);
-		cfg = NULL;
-		cs = NULL;
-	}
+	else
+		reload_install(r, cfg, cs, tc, &b), cfg = NULL, cs = NULL;
 	if (cfg || err[0]) {
 		if (!r->stopping)
 			log_error("event=reload result=failed generation=%u reason=\"%s\" "
@@ -133,13 +274,13 @@ static void reload_after_cb(uv_work_t *req, int status)
 	}
 	if (r->again && !r->stopping) {
 		r->again = false;
-		reload_start(r);
+		reload_start_work(r);
 	}
 	if (r->close_pending)
 		reload_close(r);
 }
 
-static void reload_start(struct reload *r)
+static void reload_start_work(struct reload *r)
 {
 	if (r->loading) {
 		r->again = true;
@@ -154,27 +295,21 @@ static void reload_start(struct reload *r)
 	}
 }
 
+/* ---- signals and the stop ---- */
+
 static void reload_hup_cb(uv_signal_t *h, int signum)
 {
 	struct reload *r = h->data;
 	if (r->stopping)
 		return;
 	log_info("event=reload_requested signal=HUP generation=%u", r->generation);
-	reload_start(r);
+	reload_start_work(r);
 }
 
 static void reload_closed_cb(uv_handle_t *h)
 {
 	struct reload *r = h->data;
-	if (--r->open > 0)
-		return;
-	config_unref(r->cfg);
-	certstore_unref(r->cs);
-	tls_context_unref(r->tc);
-	void (*stopped)(void *) = r->stopped;
-	void *arg = r->arg;
-	free(r);
-	stopped(arg);
+	r->open--;
 }
 
 static void reload_close(struct reload *r)
@@ -183,17 +318,27 @@ static void reload_close(struct reload *r)
 	uv_close((uv_handle_t *)&r->term, reload_closed_cb);
 	uv_close((uv_handle_t *)&r->intr, reload_closed_cb);
 	uv_close((uv_handle_t *)&r->hup, reload_closed_cb);
+	uv_close((uv_handle_t *)&r->worker_done, reload_closed_cb);
 }
 
-/* The listener has stopped: close the signal watchers; the loop then ends. */
-static void reload_listener_done_cb(void *arg)
+/* A worker thread said its loop ended; once all have, the main loop ends. */
+static void reload_worker_done_cb(uv_async_t *a)
 {
-	struct reload *r = arg;
-	r->listener = NULL;
+	struct reload *r = a->data;
+	if (atomic_load(&r->nstopped) < r->nworkers || uv_is_closing((uv_handle_t *)a))
+		return;
 	if (r->loading)
-		r->close_pending = true; /* the worker still uses r */
+		r->close_pending = true; /* the pool thread still uses r */
 	else
 		reload_close(r);
+}
+
+/* Called on each worker's own thread. */
+static void reload_worker_stopped(void *arg)
+{
+	struct reload *r = arg;
+	atomic_fetch_add(&r->nstopped, 1);
+	uv_async_send(&r->worker_done);
 }
 
 static void reload_stop_cb(uv_signal_t *h, int signum)
@@ -202,37 +347,107 @@ static void reload_stop_cb(uv_signal_t *h, int signum)
 	if (r->stopping)
 		return;
 	r->stopping = true;
-	log_info("event=stop signal=%s sessions=%u", signum == SIGTERM ? "TERM" : "INT",
-	         listener_sessions(r->listener));
-	listener_stop(r->listener, reload_listener_done_cb, r);
+	log_info("event=stop signal=%s sessions=%u workers=%u", signum == SIGTERM ? "TERM" : "INT",
+	         listener_shared_sessions(r->shared), r->nworkers);
+	for (unsigned w = 0; w < r->nworkers; w++)
+		worker_stop(r->workers[w]);
 }
 
+/* ---- lifecycle ---- */
+
 struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address_file,
-                          struct config *cfg, struct certstore *cs, struct tls_context *tc,
-                          struct listener *l, void (*stopped)(void *arg), void *arg)
+                          unsigned workers, struct config *cfg, struct certstore *cs,
+                          struct tls_context *tc, char *err, size_t errsize)
 {
 	struct reload *r = calloc(1, sizeof *r);
-	if (!r)
+	if (!r || !(r->workers = calloc(workers, sizeof *r->workers)) ||
+	    !(r->shared = listener_shared_new())) {
+		if (r)
+			free(r->workers);
+		free(r);
+		snprintf(err, errsize, "out of memory");
 		return NULL;
+	}
 	r->loop = loop;
 	r->path = path;
 	r->address_file = address_file;
-	r->listener = l;
+	r->nworkers = workers;
 	r->cfg = config_ref(cfg);
 	r->cs = cs ? certstore_ref(cs) : NULL;
 	r->tc = tc ? tls_context_ref(tc) : NULL;
 	r->generation = 1;
-	r->stopped = stopped;
-	r->arg = arg;
+	if (reload_bind(r, cfg, &r->first, err, errsize) < 0) {
+		reload_free(r);
+		return NULL;
+	}
+	return r;
+}
+
+int reload_start(struct reload *r, char *err, size_t errsize)
+{
+	int *fds = malloc((r->first.n ? r->first.n : 1) * sizeof *fds);
+	if (!fds) {
+		snprintf(err, errsize, "out of memory");
+		return -1;
+	}
+	uv_async_init(r->loop, &r->worker_done, reload_worker_done_cb);
+	r->worker_done.data = r;
+	r->open = 1;
 	uv_signal_t *hs[] = { &r->term, &r->intr, &r->hup };
 	int sigs[] = { SIGTERM, SIGINT, SIGHUP };
 	for (int i = 0; i < 3; i++) {
-		uv_signal_init(loop, hs[i]);
+		uv_signal_init(r->loop, hs[i]);
 		hs[i]->data = r;
 		uv_signal_start(hs[i], i == 2 ? reload_hup_cb : reload_stop_cb, sigs[i]);
-		/* Signal watchers alone must not keep the loop running. */
-		uv_unref((uv_handle_t *)hs[i]);
 		r->open++;
 	}
-	return r;
+	for (unsigned w = 0; w < r->nworkers; w++) {
+		reload_worker_fds(&r->first, r->nworkers, w, fds);
+		for (size_t i = 0; i < r->first.n; i++)
+			r->first.fds[i * r->nworkers + w] = -1; /* handed over */
+		r->workers[w] = worker_start(w, r->shared, r->cfg, r->tc, fds, reload_worker_stopped, r);
+		if (!r->workers[w]) {
+			snprintf(err, errsize, "cannot start worker thread %u", w);
+			reload_binding_close(&r->first, r->nworkers);
+			for (unsigned k = 0; k < w; k++)
+				worker_stop(r->workers[k]);
+			r->nworkers = w; /* reload_free joins the ones that started */
+			free(fds);
+			return -1;
+		}
+	}
+	free(fds);
+	/* The first generation's sockets now belong to the workers. */
+	struct reload_binding b = r->first;
+	memset(&r->first, 0, sizeof r->first);
+	free(b.fds);
+	r->bound = b.bound;
+	r->nbound = b.n;
+	reload_write_addresses(r);
+	return 0;
+}
+
+void reload_free(struct reload *r)
+{
+	if (!r)
+		return;
+	/* After a failed start the watchers are still open; handles live in r,
+	 * so they must be closed before r is freed. */
+	uv_handle_t *hs[] = { (uv_handle_t *)&r->term, (uv_handle_t *)&r->intr,
+	                      (uv_handle_t *)&r->hup, (uv_handle_t *)&r->worker_done };
+	for (int i = 0; i < 4 && r->open; i++)
+		if (!uv_is_closing(hs[i]))
+			uv_close(hs[i], reload_closed_cb);
+	uv_run(r->loop, UV_RUN_DEFAULT);
+	for (unsigned w = 0; w < r->nworkers; w++)
+		if (r->workers[w])
+			worker_join(r->workers[w]);
+	reload_binding_close(&r->first, r->nworkers);
+	free(r->workers);
+	free(r->bound);
+	listener_shared_free(r->shared);
+	config_unref(r->cfg);
+	certstore_unref(r->cs);
+	tls_context_unref(r->tc);
+	free(r);
 }

@@ -1,25 +1,34 @@
-/* reload: the daemon's signals and its live generation. SIGHUP re-reads the
- * configuration and certs.d/ on a worker thread and switches new sessions to
- * the result only if everything loaded; SIGTERM/SIGINT stop gracefully. */
+/* reload: the daemon's signals, its worker threads and its live generation.
+ * SIGHUP re-reads the configuration and certs.d/ on a worker thread of
+ * libuv's pool and hands the result to every worker only if everything
+ * loaded and new listening sockets could be bound; SIGTERM/SIGINT stop all
+ * workers gracefully. */
 #ifndef MXFRONT_RELOAD_H
 #define MXFRONT_RELOAD_H
 
+#include <stddef.h>
 #include <uv.h>
 
 #include "certstore.h"
 #include "config.h"
-#include "listener.h"
 #include "tls.h"
 
 struct reload;
 
-/* Takes over the running generation (references to CFG, CS (may be NULL)
- * and TC (may be NULL), and the listener L) and watches the signals.
- * PATH is the configuration file to re-read; ADDRESS_FILE (or NULL) is
- * rewritten after each reload. STOPPED(ARG) is called once the listener has
- * stopped after TERM/INT; the reload then frees itself. */
+/* Takes references to the first generation (CFG, CS and TC; CS and TC may be
+ * NULL) and binds its listening sockets for WORKERS loops. PATH is the
+ * configuration file to re-read; ADDRESS_FILE (or NULL) receives the bound
+ * addresses now and after each reload. NULL with ERR on failure. */
 struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address_file,
-                          struct config *cfg, struct certstore *cs, struct tls_context *tc,
-                          struct listener *l, void (*stopped)(void *arg), void *arg);
+                          unsigned workers, struct config *cfg, struct certstore *cs,
+                          struct tls_context *tc, char *err, size_t errsize);
+
+/* Starts the workers and watches the signals (call after dropping
+ * privileges). Returns 0 or -1 with ERR. Once every worker has stopped, the
+ * signal watchers close and LOOP ends; then call reload_free(). */
+int reload_start(struct reload *r, char *err, size_t errsize);
+
+/* Joins the worker threads and frees everything. */
+void reload_free(struct reload *r);
 
 #endif

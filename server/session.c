@@ -5,6 +5,7 @@
 #include "session.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,6 +289,11 @@ static void session_timer_cb(uv_timer_t *t)
 		session_close(s, "tls handshake timeout");
 		return;
 	}
+	if (s->close_after_flush) {
+		/* Our last reply could not even be sent: the client reads nothing. */
+		session_close(s, s->close_reason ? s->close_reason : "timeout");
+		return;
+	}
 	if (smtp_busy(s->smtp)) {
 		/* The relay times the backend; the client is not at fault. */
 		uv_timer_again(t);
@@ -390,8 +396,8 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 		tls_received(s->tls, (size_t)nread);
 	else
 		s->inlen += (size_t)nread;
-	if (!s->tls || s->tls_ready)
-		session_arm_timer(s);
+	/* The timer restarts per complete line (session_process), not per
+	 * read: a client dribbling a byte at a time is still timed out. */
 	session_process(s);
 }
 
@@ -460,8 +466,11 @@ static void session_process(struct session *s)
 			if (n == 0)
 				break;
 			off += n;
-			if (line)
+			if (line) {
 				smtp_line(s->smtp, line, len, flags);
+				if (!s->closing)
+					session_arm_timer(s);
+			}
 		}
 		memmove(s->in, s->in + off, s->inlen - off);
 		s->inlen -= off;
@@ -495,18 +504,24 @@ static uint64_t session_now_ms(uv_loop_t *loop)
 	return uv_now(loop);
 }
 
+static atomic_uint_fast64_t session_counter;
+static uint64_t session_seed;
+static pthread_once_t session_seed_once = PTHREAD_ONCE_INIT;
+
+static void session_seed_init(void)
+{
+	uint64_t r = 0;
+	if (getrandom(&r, sizeof r, GRND_NONBLOCK) != sizeof r)
+		r = (uint64_t)time(NULL);
+	session_seed = (r & 0xffffff) << 24 | 1;
+}
+
+/* 12 hex digits: random per process, then counting; unique across workers. */
 static void session_make_id(char *out, size_t size)
 {
-	static atomic_uint_fast64_t counter;
-	static uint64_t seed;
-	if (!seed) {
-		uint64_t r = 0;
-		if (getrandom(&r, sizeof r, GRND_NONBLOCK) != sizeof r)
-			r = (uint64_t)time(NULL);
-		seed = (r & 0xffffff) << 24 | 1;
-	}
-	uint64_t n = atomic_fetch_add(&counter, 1);
-	snprintf(out, size, "%012llx", (unsigned long long)((seed + n) & 0xffffffffffffull));
+	pthread_once(&session_seed_once, session_seed_init);
+	uint64_t n = atomic_fetch_add(&session_counter, 1);
+	snprintf(out, size, "%012llx", (unsigned long long)((session_seed + n) & 0xffffffffffffull));
 }
 
 struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
@@ -628,6 +643,9 @@ void session_shutdown_now(struct session *s)
 	log_info("sess=%s event=shutdown_cut", s->id);
 	smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
+	/* A client that reads nothing must not hold the stop up. */
+	if (!s->closing && s->unsent)
+		session_close(s, "shutdown");
 }
 
 static void session_handle_closed_cb(uv_handle_t *h)

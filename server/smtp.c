@@ -486,13 +486,15 @@ static void smtp_data_finish(struct smtp *s, const struct smtp_reply *r, unsigne
 
 /* [smtp] bare_newline = normalize: every bare CR or LF leaves as CRLF, so
  * the backend still gets canonical lines. The end of DATA is not affected:
- * only a real CRLF.CRLF ends it. A line that only became a line here (after
- * a converted CR or LF) and is a lone "." is stuffed to "..": the backend
- * must not see an end of data that mxfront did not see. */
-static void smtp_data_normalized(struct smtp *s, const char *line, size_t len, bool fresh)
+ * only a real CRLF.CRLF ends it, and mxfront never forwards that line. So
+ * any line that comes out of this as a lone "." is an anomaly and is
+ * stuffed to "..": the backend must not see an end of data that mxfront
+ * did not see. */
+static void smtp_data_normalized(struct smtp *s, const char *line, size_t len)
 {
 	char out[SMTP_TEXT_LINE_MAX * 3];
 	size_t o = 0;
+	bool fresh = true;
 	for (size_t i = 0; i < len; i++) {
 		if (fresh && line[i] == '.' &&
 		    (i + 1 == len || line[i + 1] == '\r' || line[i + 1] == '\n'))
@@ -541,7 +543,7 @@ static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigne
 	if (s->bad.code)
 		return;
 	if (normalize || after_bare)
-		smtp_data_normalized(s, line, len, after_bare);
+		smtp_data_normalized(s, line, len);
 	else
 		s->ops->backend_data(s->ctx, line, len);
 }

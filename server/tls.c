@@ -4,6 +4,7 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,8 +34,11 @@ struct tls {
 	const char *error;
 	const char *match;
 	const char *cert;
+	const struct certstore_entry *entry; /* chosen in the hook */
 	char sni[256];
 	bool done;
+	bool tickets;              /* ticket key set for this session */
+	unsigned char ticket[64];  /* this name's ticket key */
 	size_t rxoff, rxlen;
 	char rx[TLS_RX_MAX];
 };
@@ -165,6 +169,24 @@ void tls_received(struct tls *t, size_t n)
 
 /* ---- certificate choice ---- */
 
+/* Session tickets are encrypted with a key derived from the process's master
+ * key and the SNI name (as normalised; "none" without SNI), so a ticket
+ * issued under one name can never resume a session under another: the
+ * server would otherwise skip the certificate the new name needs. GnuTLS
+ * parses the pre_shared_key and session_ticket extensions after this hook.
+ * It rotates keys derived from ours by itself. */
+static void tls_enable_tickets(struct tls *t)
+{
+	if (t->tickets || !tls_ticket_key.data)
+		return;
+	if (gnutls_hmac_fast(GNUTLS_MAC_SHA512, tls_ticket_key.data, tls_ticket_key.size, t->sni,
+	                     strlen(t->sni), t->ticket) < 0)
+		return;
+	gnutls_datum_t key = { t->ticket, sizeof t->ticket };
+	if (gnutls_session_ticket_enable_server(t->session, &key) == 0)
+		t->tickets = true;
+}
+
 /* Runs after the ClientHello is parsed, before a certificate is chosen; twice
  * after a TLS 1.3 HelloRetryRequest, so it only ever recomputes the same. */
 static int tls_post_client_hello_cb(gnutls_session_t session)
@@ -202,6 +224,8 @@ static int tls_post_client_hello_cb(gnutls_session_t session)
 	if (!e)
 		return GNUTLS_E_NO_CERTIFICATE_FOUND;
 	t->cert = e->label;
+	t->entry = e;
+	tls_enable_tickets(t);
 	return gnutls_credentials_set(session, GNUTLS_CRD_CERTIFICATE, e->cred);
 }
 
@@ -226,8 +250,6 @@ struct tls *tls_new(struct tls_context *tc, const char *listener_default, const 
 		rc = gnutls_priority_set(t->session, tc->priority);
 	if (rc == 0 && tc->fallback)
 		rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, tc->fallback->cred);
-	if (rc == 0 && tls_ticket_key.data)
-		rc = gnutls_session_ticket_enable_server(t->session, &tls_ticket_key);
 	if (rc < 0) {
 		log_error("sess=%s event=tls_error reason=\"%s\"", id, gnutls_strerror(rc));
 		tls_free(t);
@@ -329,6 +351,9 @@ const char *tls_sni(const struct tls *t)
 
 const char *tls_cert(const struct tls *t)
 {
+	if (t->done && t->entry && strchr(t->cert, ','))
+		return certstore_served_label(t->tc->cs, t->entry,
+		                              gnutls_certificate_get_ours(t->session));
 	return t->cert;
 }
 

@@ -2,9 +2,14 @@
  * run time (openssl keys, certtool certificates, in a mkdtemp directory) with
  * good, bad and odd certificates: which names are served and how, what is
  * reported for each bad one, the grouped credentials (checked by real TLS
- * handshakes in memory), foreach listing, counts and reference counting. */
+ * handshakes in memory), foreach listing, counts and reference counting;
+ * then reloads beside a previous generation: what is shared, what is
+ * replaced, what a failing directory keeps, the diff, and releasing the
+ * generations in either order and from two threads at once. */
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +174,30 @@ static const char fixture_script[] =
 	"ln -s ../elsewhere certs/link\n"
 	"ln -s ../nowhere certs/dangling\n"
 	"echo 'not a certificate directory' >certs/README\n"
-	"mkdir empty\n";
+	"mkdir empty\n"
+	/* For reloads: each case copies reload/ (cp -a) and changes the copy. The
+	 * files' mtimes are set well in the past, and differently in spare/, so
+	 * that a reload can trust an unchanged stamp and sees every change, even
+	 * one within a tick of the file system's clock. */
+	"mkdir reload spare\n"
+	"leaf reload/one ec-pkcs8.key 'dns_name = \"one.example\"'\n"
+	"leaf reload/two ec-sec1.key 'dns_name = \"two.example\"' 'dns_name = \"two-b.example\"'\n"
+	"leaf reload/trunc ec-pkcs8.key 'dns_name = \"trunc.example\"'\n"
+	"leaf reload/mism ec-pkcs8.key 'dns_name = \"mism.example\"'\n"
+	"leaf reload/gone ec384.key 'dns_name = \"gone.example\"'\n"
+	"leaf reload/dual-ec ec-pkcs8.key 'dns_name = \"dual.example\"'\n"
+	"leaf reload/dual-rsa rsa-pkcs8.key 'dns_name = \"dual.example\"'\n"
+	"leaf reload/soon ec-pkcs8.key 'dns_name = \"soon.example\"' "
+	"'expiration_date = \"2026-01-01 00:00:00\"'\n"
+	"leaf spare/one-v2 ec-sec1.key 'dns_name = \"one.example\"' "
+	"'expiration_date = \"2034-01-01 00:00:00\"'\n"
+	"leaf spare/new ed.key 'dns_name = \"new.example\"'\n"
+	"leaf spare/dual-rsa-v2 rsa-trad.key 'dns_name = \"dual.example\"' "
+	"'expiration_date = \"2033-01-01 00:00:00\"'\n"
+	"leaf spare/dual-ec-v2 ec-sec1.key 'dns_name = \"dual.example\"' "
+	"'expiration_date = \"2032-01-01 00:00:00\"'\n"
+	"find reload -type f -exec touch -d '2024-01-01 00:00:00' {} +\n"
+	"find spare -type f -exec touch -d '2024-06-01 00:00:00' {} +\n";
 
 static char fixture_dir[64];
 
@@ -489,7 +517,7 @@ static void test_load(void)
 	struct certstore *cs = NULL;
 
 	check_case("load certs");
-	CHECK_INT_EQ(certstore_load("certs", test_now(), reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, reports_add, &r, &cs), 0);
 	if (!CHECK(cs != NULL, "a certstore"))
 		return;
 	qsort(r.lines, r.n < N_ELEMS(r.lines) ? r.n : N_ELEMS(r.lines), sizeof r.lines[0], cmp_line);
@@ -514,20 +542,20 @@ static void test_load_edges(void)
 	struct certstore *cs = (struct certstore *)&r;
 
 	check_case("missing directory");
-	CHECK_INT_EQ(certstore_load("no-such-dir", test_now(), reports_add, &r, &cs), -1);
+	CHECK_INT_EQ(certstore_load("no-such-dir", test_now(), NULL, reports_add, &r, &cs), -1);
 	CHECK(cs == NULL, "no certstore");
 	CHECK_INT_EQ(r.n, 1);
 	CHECK_STR_EQ(r.lines[0], "no-such-dir: cannot read: No such file or directory");
 
 	check_case("a file instead of a directory");
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("certs/README", test_now(), reports_add, &r, &cs), -1);
+	CHECK_INT_EQ(certstore_load("certs/README", test_now(), NULL, reports_add, &r, &cs), -1);
 	CHECK_INT_EQ(r.n, 1);
 	CHECK_STR_EQ(r.lines[0], "certs/README: cannot read: Not a directory");
 
 	check_case("empty directory");
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("empty", test_now(), reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("empty", test_now(), NULL, reports_add, &r, &cs), 0);
 	CHECK_INT_EQ(r.n, 0);
 	if (CHECK(cs != NULL, "a certstore")) {
 		CHECK_INT_EQ(certstore_ncerts(cs), 0);
@@ -537,19 +565,394 @@ static void test_load_edges(void)
 	}
 
 	check_case("no report callback");
-	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, NULL, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, NULL, NULL, &cs), 0);
 	certstore_unref(cs);
 
 	check_case("expiry judged against NOW");
 	struct tm tm = { .tm_year = 2032 - 1900, .tm_mon = 5, .tm_mday = 1 };
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("certs", timegm(&tm), reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", timegm(&tm), NULL, reports_add, &r, &cs), 0);
 	if (CHECK(cs != NULL, "a certstore")) {
 		CHECK(certstore_lookup(cs, "ec-only.example", NULL) == NULL, "expired in 2031");
 		const struct certstore_entry *e = certstore_lookup(cs, "both.example", NULL);
 		CHECK(e != NULL && strcmp(e->label, "both-rsa") == 0, "both.example by RSA alone");
 		certstore_unref(cs);
 	}
+}
+
+/* ---- reloading ---- */
+
+static time_t test_date(int year)
+{
+	struct tm tm = { .tm_year = year - 1900, .tm_mon = 5, .tm_mday = 1 };
+
+	return timegm(&tm);
+}
+
+/* Runs CMD (sh) in the fixture directory; false if it failed. */
+static bool sh(const char *cmd)
+{
+	return cmd[0] == '\0' || system(cmd) == 0;
+}
+
+/* Describes the certificates CRED holds, in the order GnuTLS tries them:
+ * "EC-2035,RSA-2033" (leaf key type, expiry year). */
+static void cred_describe(gnutls_certificate_credentials_t cred, char *out, size_t size)
+{
+	gnutls_datum_t der;
+	size_t len = 0;
+
+	out[0] = '\0';
+	for (unsigned i = 0; gnutls_certificate_get_crt_raw(cred, i, 0, &der) == 0; i++) {
+		gnutls_x509_crt_t crt;
+		int pk = -1;
+		time_t after = 0;
+		struct tm tm = { .tm_year = -1900 };
+		if (gnutls_x509_crt_init(&crt) == 0) {
+			if (gnutls_x509_crt_import(crt, &der, GNUTLS_X509_FMT_DER) == 0) {
+				pk = gnutls_x509_crt_get_pk_algorithm(crt, NULL);
+				after = gnutls_x509_crt_get_expiration_time(crt);
+			}
+			gnutls_x509_crt_deinit(crt);
+		}
+		gmtime_r(&after, &tm);
+		len += (size_t)snprintf(out + len, size - len, "%s%s-%d", i ? "," : "",
+		                        pk == GNUTLS_PK_ECDSA             ? "EC"
+		                        : pk == GNUTLS_PK_RSA             ? "RSA"
+		                        : pk == GNUTLS_PK_EDDSA_ED25519   ? "Ed25519"
+		                                                          : "?",
+		                        tm.tm_year + 1900);
+		if (len >= size)
+			break;
+	}
+}
+
+/* Whether S matches PAT, in which '*' stands for any run of bytes but ';'. */
+static bool glob_match(const char *pat, const char *s)
+{
+	if (*pat == '\0')
+		return *s == '\0';
+	if (*pat == '*') {
+		for (;; s++) {
+			if (glob_match(pat + 1, s))
+				return true;
+			if (*s == '\0' || *s == ';')
+				return false;
+		}
+	}
+	return *pat == *s && glob_match(pat + 1, s + 1);
+}
+
+/* A name after the reload: served by LABEL ("a,b" for several, NULL: not
+ * served) with a credential holding CERTS (see cred_describe), the same
+ * credential object as before the reload or a new one. */
+enum cred_want { CRED_ANY, CRED_SAME, CRED_NEW };
+
+struct reload_lookup {
+	const char *name, *label, *certs;
+	enum cred_want cred;
+};
+
+/* Each case: copy reload/ to work/, load it, run CHANGE, reload beside the
+ * first generation (at NOW in June of YEAR, 0 for test_now()), then check the
+ * reports (sorted; patterns for glob_match), the diff and some names. */
+struct reload_case {
+	const char *name;
+	const char *change;
+	int year;
+	const char *reports[3];
+	struct certstore_diff diff;
+	struct reload_lookup lookups[4];
+};
+
+#define KEEPING "; keeping the previous certificate"
+
+static const struct reload_case reload_cases[] = {
+	{ "unchanged: shared, not read, no report", "", 0, { NULL }, { .reused = 8 },
+	  { { "one.example", "one", "EC-2035", CRED_SAME },
+	    { "two-b.example", "two", "EC-2035", CRED_SAME },
+	    { "dual.example", "dual-ec,dual-rsa", "EC-2035,RSA-2035", CRED_SAME } } },
+	{ "renewed: the new certificate replaces the old", "cp spare/one-v2/*.pem work/one/", 0,
+	  { NULL }, { .changed = 1, .loaded = 1, .reused = 7 },
+	  { { "one.example", "one", "EC-2034", CRED_NEW },
+	    { "two.example", "two", "EC-2035", CRED_SAME } } },
+	{ "touched: read again", "touch work/one/fullchain.pem", 0, { NULL },
+	  { .changed = 1, .loaded = 1, .reused = 7 },
+	  { { "one.example", "one", "EC-2035", CRED_NEW } } },
+	{ "fullchain.pem cut short mid-copy: reported, the last good kept",
+	  "head -c 300 spare/one-v2/fullchain.pem >work/trunc/fullchain.pem", 0,
+	  { "work/trunc/fullchain.pem: not a PEM certificate chain: *" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "trunc.example", "trunc", "EC-2035", CRED_SAME },
+	    { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "key does not match: reported, the last good kept", "cp ec-sec1.key work/mism/privkey.pem", 0,
+	  { "work/mism/privkey.pem: key does not match certificate" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "mism.example", "mism", "EC-2035", CRED_SAME } } },
+	{ "privkey.pem missing: reported, the last good kept", "rm work/one/privkey.pem", 0,
+	  { "work/one/privkey.pem: cannot read: No such file or directory" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "expired files: reported, the last good kept", "cp certs/expired/*.pem work/one/", 0,
+	  { "work/one/fullchain.pem: expired on 2020-01-02" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "directory now a dangling link: reported, the last good kept",
+	  "rm -r work/one && ln -s ../nowhere work/one", 0,
+	  { "work/one: cannot read: No such file or directory" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "directory removed: its names are gone", "rm -r work/gone", 0, { NULL },
+	  { .removed = 1, .reused = 7 },
+	  { { "gone.example", NULL, NULL, CRED_ANY },
+	    { "two.example", "two", "EC-2035", CRED_SAME } } },
+	{ "directory added: its names are served", "cp -a spare/new work/new", 0, { NULL },
+	  { .added = 1, .loaded = 1, .reused = 8 },
+	  { { "new.example", "new", "Ed25519-2035", CRED_ANY },
+	    { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "new directory that fails: reported, nothing kept", "cp -a certs/garbled work/garbled", 0,
+	  { "work/garbled/fullchain.pem: not a PEM certificate chain: *" }, { .reused = 8 },
+	  { { "garbled.example", NULL, NULL, CRED_ANY } } },
+	{ "RSA of an RSA+ECDSA pair renewed: new RSA, old ECDSA",
+	  "cp -p spare/dual-rsa-v2/*.pem work/dual-rsa/", 0, { NULL },
+	  { .changed = 1, .loaded = 1, .reused = 7 },
+	  { { "dual.example", "dual-ec,dual-rsa", "EC-2035,RSA-2033", CRED_NEW } } },
+	{ "ECDSA of the pair removed: RSA alone", "rm -r work/dual-ec", 0, { NULL },
+	  { .changed = 1, .reused = 7 },
+	  { { "dual.example", "dual-rsa", "RSA-2035", CRED_NEW } } },
+	{ "a third certificate for the pair's name", "cp -a spare/dual-ec-v2 work/dual-ec2", 0,
+	  { NULL }, { .changed = 1, .loaded = 1, .reused = 8 },
+	  { { "dual.example", "dual-ec,dual-ec2,dual-rsa", "EC-2035,EC-2032,RSA-2035", CRED_NEW } } },
+	{ "RSA of the pair broken: the pair kept", "cp ec-sec1.key work/dual-rsa/privkey.pem", 0,
+	  { "work/dual-rsa/privkey.pem: key does not match certificate" KEEPING },
+	  { .reused = 7, .kept_last_good = 1 },
+	  { { "dual.example", "dual-ec,dual-rsa", "EC-2035,RSA-2035", CRED_SAME } } },
+	{ "expired since the last load: reported, dropped", "", 2026,
+	  { "work/soon/fullchain.pem: expired on 2026-01-01" }, { .removed = 1, .reused = 7 },
+	  { { "soon.example", NULL, NULL, CRED_ANY },
+	    { "one.example", "one", "EC-2035", CRED_SAME } } },
+	{ "expired since and now failing: nothing to keep", "cp ec-sec1.key work/soon/privkey.pem",
+	  2026, { "work/soon/fullchain.pem: expired on 2026-01-01" }, { .removed = 1, .reused = 7 },
+	  { { "soon.example", NULL, NULL, CRED_ANY } } },
+};
+
+static void check_diff(const struct certstore_diff *got, const struct certstore_diff *want)
+{
+	CHECK_INT_EQ(got->added, want->added);
+	CHECK_INT_EQ(got->removed, want->removed);
+	CHECK_INT_EQ(got->changed, want->changed);
+	CHECK_INT_EQ(got->loaded, want->loaded);
+	CHECK_INT_EQ(got->reused, want->reused);
+	CHECK_INT_EQ(got->kept_last_good, want->kept_last_good);
+}
+
+/* Checks that CRED, described as CERTS, serves: a client that takes
+ * anything gets the first certificate's key type, an RSA-only client RSA. */
+static void check_serves(gnutls_certificate_credentials_t cred, const char *certs)
+{
+	int first = strncmp(certs, "EC-", 3) == 0    ? GNUTLS_PK_ECDSA
+	            : strncmp(certs, "RSA-", 4) == 0 ? GNUTLS_PK_RSA
+	                                             : GNUTLS_PK_EDDSA_ED25519;
+
+	CHECK_INT_EQ(handshake_pk(cred, "NORMAL"), first);
+	if (strstr(certs, "RSA") != NULL)
+		CHECK_INT_EQ(handshake_pk(cred, "NORMAL:-SIGN-ALL:+SIGN-RSA-PSS-RSAE-SHA256:+SIGN-RSA-SHA256"),
+		             GNUTLS_PK_RSA);
+}
+
+/* Loads work/ (fresh from reload/) into *CS; false if that failed. */
+static bool reload_base(struct certstore **cs)
+{
+	struct reports r = { .n = 0 };
+
+	*cs = NULL;
+	if (!CHECK(sh("rm -rf work && cp -a reload work"), "copy reload/"))
+		return false;
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, reports_add, &r, cs), 0);
+	CHECK_INT_EQ(r.n, 0);
+	return *cs != NULL;
+}
+
+/* One case; PREV_FIRST releases the first generation before the second is
+ * used, else the second is released first and the first must still serve. */
+static void test_reload_case(const struct reload_case *c, bool prev_first)
+{
+	gnutls_certificate_credentials_t before[N_ELEMS(c->lookups)] = { NULL };
+	struct reports r = { .n = 0 };
+	struct certstore *a, *b = NULL;
+	struct certstore_diff d;
+	char desc[128];
+	size_t i, nwant = 0;
+
+	check_case(c->name);
+	if (!reload_base(&a))
+		return;
+	for (i = 0; i < N_ELEMS(c->lookups) && c->lookups[i].name != NULL; i++) {
+		const struct certstore_entry *e = certstore_lookup(a, c->lookups[i].name, NULL);
+		before[i] = e ? e->cred : NULL;
+	}
+	if (!CHECK(sh(c->change), "%s", c->change) ||
+	    !CHECK_INT_EQ(certstore_load("work", c->year ? test_date(c->year) : test_now(), a,
+	                                 reports_add, &r, &b), 0)) {
+		certstore_unref(a);
+		return;
+	}
+	qsort(r.lines, r.n < N_ELEMS(r.lines) ? r.n : N_ELEMS(r.lines), sizeof r.lines[0], cmp_line);
+	while (nwant < N_ELEMS(c->reports) && c->reports[nwant] != NULL)
+		nwant++;
+	CHECK_INT_EQ(r.n, nwant);
+	for (i = 0; i < r.n && i < nwant; i++)
+		CHECK(glob_match(c->reports[i], r.lines[i]), "report \"%s\", want \"%s\"", r.lines[i],
+		      c->reports[i]);
+	certstore_diff(a, b, &d);
+	check_diff(&d, &c->diff);
+	if (prev_first) {
+		certstore_unref(a);
+		a = NULL;
+	}
+	for (i = 0; i < N_ELEMS(c->lookups) && c->lookups[i].name != NULL; i++) {
+		const struct reload_lookup *l = &c->lookups[i];
+		const struct certstore_entry *e = certstore_lookup(b, l->name, NULL);
+		if (!CHECK((e != NULL) == (l->label != NULL), "%s: found %s", l->name,
+		           e ? e->label : "nothing") ||
+		    e == NULL)
+			continue;
+		CHECK_STR_EQ(e->label, l->label);
+		cred_describe(e->cred, desc, sizeof desc);
+		CHECK_STR_EQ(desc, l->certs);
+		if (l->cred != CRED_ANY)
+			CHECK((e->cred == before[i]) == (l->cred == CRED_SAME), "%s: %s credential",
+			      l->name, l->cred == CRED_SAME ? "the same" : "a new");
+		check_serves(e->cred, l->certs);
+	}
+	certstore_unref(b);
+	if (a != NULL) {
+		/* The first generation, alone now, still serves what it did. */
+		for (i = 0; i < N_ELEMS(c->lookups) && c->lookups[i].name != NULL; i++) {
+			const struct certstore_entry *e = certstore_lookup(a, c->lookups[i].name, NULL);
+			if (e != NULL)
+				CHECK_INT_EQ(handshake_pk(e->cred, "NORMAL") > 0, 1);
+		}
+		certstore_unref(a);
+	}
+}
+
+/* Credentials rebuilt in one reload are shared by the next; a certificate
+ * left alone after living only in a pair's credential still serves. */
+static void test_reload_chain(void)
+{
+	struct certstore *g[5] = { NULL };
+	const struct certstore_entry *e[5] = { NULL };
+	struct certstore_diff d;
+	char desc[128];
+
+	check_case("chain of reloads");
+	if (!reload_base(&g[0]))
+		return;
+	CHECK(sh("cp -p spare/dual-rsa-v2/*.pem work/dual-rsa/"), "renew dual-rsa");
+	CHECK_INT_EQ(certstore_load("work", test_now(), g[0], NULL, NULL, &g[1]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), g[1], NULL, NULL, &g[2]), 0);
+	CHECK(sh("rm -r work/dual-ec"), "remove dual-ec");
+	CHECK_INT_EQ(certstore_load("work", test_now(), g[2], NULL, NULL, &g[3]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), g[3], NULL, NULL, &g[4]), 0);
+	for (size_t i = 0; i < 5; i++)
+		if (!CHECK(g[i] != NULL && (e[i] = certstore_lookup(g[i], "dual.example", NULL)) != NULL,
+		           "generation %zu serves dual.example", i))
+			goto out;
+	check_case("chain: a rebuilt pair is shared by the next reload");
+	CHECK(e[2]->cred == e[1]->cred, "same credential");
+	certstore_diff(g[1], g[2], &d);
+	check_diff(&d, &(struct certstore_diff){ .reused = 8 });
+	check_case("chain: the renewed RSA certificate alone");
+	cred_describe(e[3]->cred, desc, sizeof desc);
+	CHECK_STR_EQ(desc, "RSA-2033");
+	CHECK(e[4]->cred == e[3]->cred, "shared by the next reload");
+	check_case("chain: released out of order, the last still serves");
+	certstore_unref(g[1]);
+	certstore_unref(g[3]);
+	certstore_unref(g[0]);
+	certstore_unref(g[2]);
+	g[0] = g[1] = g[2] = g[3] = NULL;
+	check_serves(e[4]->cred, "RSA-2033");
+out:
+	for (size_t i = 0; i < 5; i++)
+		certstore_unref(g[i]);
+}
+
+static void *unref_thread(void *arg)
+{
+	certstore_unref(arg);
+	return NULL;
+}
+
+/* Two generations sharing most of their objects, released at once from two
+ * threads (ASan/valgrind find what goes wrong). */
+static void test_reload_threads(void)
+{
+	struct certstore *base, *a = NULL, *b = NULL;
+	pthread_t t1, t2;
+
+	check_case("generations released concurrently");
+	if (!reload_base(&base))
+		return;
+	CHECK(sh("cp -p spare/dual-rsa-v2/*.pem work/dual-rsa/"), "renew dual-rsa");
+	for (int i = 0; i < 8; i++) {
+		if (certstore_load("work", test_now(), base, NULL, NULL, &a) != 0 ||
+		    certstore_load("work", test_now(), a, NULL, NULL, &b) != 0) {
+			CHECK(false, "loads");
+			certstore_unref(a);
+			break;
+		}
+		CHECK(certstore_lookup(a, "dual.example", NULL)->cred ==
+		              certstore_lookup(b, "dual.example", NULL)->cred,
+		      "shared");
+		CHECK_INT_EQ(pthread_create(&t1, NULL, unref_thread, i % 2 ? a : b), 0);
+		CHECK_INT_EQ(pthread_create(&t2, NULL, unref_thread, i % 2 ? b : a), 0);
+		pthread_join(t1, NULL);
+		pthread_join(t2, NULL);
+	}
+	certstore_unref(base);
+}
+
+static void test_reload_edges(void)
+{
+	struct certstore *a, *b = NULL;
+	struct certstore_diff d;
+	struct reports r = { .n = 0 };
+
+	if (!reload_base(&a))
+		return;
+	check_case("diff against nothing: a first load");
+	certstore_diff(NULL, a, &d);
+	check_diff(&d, &(struct certstore_diff){ .added = 8, .loaded = 8 });
+	check_case("another directory: nothing shared, nothing kept");
+	CHECK(sh("cp -a work work2 && rm work2/one/privkey.pem"), "copy");
+	CHECK_INT_EQ(certstore_load("work2", test_now(), a, reports_add, &r, &b), 0);
+	CHECK_INT_EQ(r.n, 1);
+	CHECK_STR_EQ(r.lines[0], "work2/one/privkey.pem: cannot read: No such file or directory");
+	if (b != NULL) {
+		certstore_diff(a, b, &d);
+		check_diff(&d, &(struct certstore_diff){ .removed = 1, .changed = 7, .loaded = 7 });
+		certstore_unref(b);
+	}
+	check_case("directory gone on reload: -1, nothing built");
+	r.n = 0;
+	CHECK(sh("mv work work.old"), "move");
+	CHECK_INT_EQ(certstore_load("work", test_now(), a, reports_add, &r, &b), -1);
+	CHECK(b == NULL, "no certstore");
+	CHECK_INT_EQ(r.n, 1);
+	CHECK(certstore_lookup(a, "one.example", NULL) != NULL, "the old one still serves");
+	certstore_unref(a);
+	CHECK(sh("rm -rf work.old work2"), "clean up");
+}
+
+static void test_reload(void)
+{
+	for (size_t i = 0; i < N_ELEMS(reload_cases); i++)
+		test_reload_case(&reload_cases[i], i % 2 == 0);
+	test_reload_chain();
+	test_reload_threads();
+	test_reload_edges();
 }
 
 int main(void)
@@ -562,6 +965,7 @@ int main(void)
 	}
 	test_load();
 	test_load_edges();
+	test_reload();
 	fixtures_remove();
 	return check_summary();
 }

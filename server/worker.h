@@ -1,0 +1,31 @@
+/* worker: one thread with its own libuv loop and listener (one loop per
+ * core). The main thread talks to it only through messages: a new
+ * generation (config, TLS context, sockets to take over) or stop. */
+#ifndef MXFRONT_WORKER_H
+#define MXFRONT_WORKER_H
+
+#include "config.h"
+#include "listener.h"
+#include "tls.h"
+
+struct worker;
+
+/* Starts worker INDEX serving CFG/TC (references taken) on FDS[i] for
+ * cfg->listen[i] (ownership taken). DONE(ARG) is called on the worker's
+ * thread once its loop has ended after worker_stop(). NULL on failure (FDS
+ * closed). */
+struct worker *worker_start(unsigned index, struct listener_shared *shared, struct config *cfg,
+                            struct tls_context *tc, const int *fds, void (*done)(void *arg),
+                            void *arg);
+
+/* Hands the worker a new generation: as listener_update(), FDS[i] >= 0 a
+ * new socket for cfg->listen[i] (ownership taken), -1 keep the one open. */
+void worker_update(struct worker *w, struct config *cfg, struct tls_context *tc, const int *fds);
+
+/* Asks for a graceful stop. */
+void worker_stop(struct worker *w);
+
+/* Waits for the thread to end (after DONE was called) and frees W. */
+void worker_join(struct worker *w);
+
+#endif
