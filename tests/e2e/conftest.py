@@ -4,6 +4,7 @@ dovecot       a private Dovecot LMTP (users alice, bob, carol) in the test's tmp
 mxfront       factory: mxfront(target, server={...}, backend={...}, timeouts={...})
               (target: the dovecot or a fake_backend fixture value, or "host:port")
 fake_backend  factory: fake_backend(**script), a scripted LMTP server (see lib.FakeLmtp)
+pki           (session) generated CA, intermediate and leaf certificates (see certs.Pki)
 
 Logs of everything a test started are attached to the report of a failed test
 (and of a failed teardown, e.g. a sanitizer report or a bad exit status)."""
@@ -105,6 +106,12 @@ def mxfront(tmp_path, request):
         if found:
             problems.append(f"mxfront pid {m.pid}: sanitizer report {found}")
     assert not problems, "; ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    import certs
+    return certs.Pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

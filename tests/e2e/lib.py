@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -623,6 +624,13 @@ class FakeLmtp:
       data_reply    reply to DATA
       at_eod        "reply" | "hang" | "garbage" | "close"
       eod_replies   replies, one per accepted recipient (the last one repeats)
+      cut_in_data   None, or close the connection once that many bytes of a
+                    message have arrived (before its end): a backend dying
+                    mid-DATA
+      cut_how       "close" (FIN) | "reset" (RST) for cut_in_data
+    port: 0 for any free port, or a given one (e.g. one a test freed).
+    The script keywords are read as each connection goes, so a test may
+    change them on the running server (a backend that heals).
     Every connection is recorded (FakeConnection); lifetime is bounded."""
 
     def __init__(self, greeting="220 fake.backend LMTP ready",
@@ -630,7 +638,7 @@ class FakeLmtp:
                  after_lhlo="ok", mail_reply="250 2.1.0 Ok", rcpt_replies=None,
                  rcpt_default="250 2.1.5 Ok", data_reply="354 Send data",
                  at_eod="reply", eod_replies=None, xclient_reply="220 fake.backend ready",
-                 lifetime=60.0):
+                 lifetime=60.0, cut_in_data=None, cut_how="close", port=0):
         self.greeting = greeting
         self.capabilities = list(capabilities)
         self.after_lhlo = after_lhlo
@@ -641,6 +649,8 @@ class FakeLmtp:
         self.at_eod = at_eod
         self.eod_replies = eod_replies
         self.xclient_reply = xclient_reply
+        self.cut_in_data = cut_in_data
+        self.cut_how = cut_how
         self.connections = []
         self._stop = threading.Event()
         self._deadline = time.monotonic() + lifetime
@@ -648,7 +658,7 @@ class FakeLmtp:
         self._threads = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
@@ -721,6 +731,12 @@ class FakeLmtp:
                             end = data.find(b"\r\n.\r\n")
                             if end < 0:
                                 rec.partial = bytearray(data)
+                                if self.cut_in_data is not None and \
+                                        len(data) >= self.cut_in_data:
+                                    if self.cut_how == "reset":
+                                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                        struct.pack("ii", 1, 0))
+                                    return
                                 break
                             cut = end + 5
                         rec.messages.append(bytes(data[:cut]))
@@ -807,3 +823,40 @@ class FakeLmtp:
 def closed_port_address():
     """host:port where nothing listens (a port just released)."""
     return f"127.0.0.1:{free_port()}"
+
+
+# --------------------------------------------------------------------------
+# resources of a running daemon (hardening tests)
+
+def sanitized_build(path=MXFRONT_BIN):
+    """True when the binary is built with AddressSanitizer: its memory use is
+    then inflated by shadow memory and the quarantine of freed blocks."""
+    try:
+        return b"__asan_init" in Path(path).read_bytes()
+    except OSError:
+        return False
+
+
+def rss_kb(pid):
+    """Resident set size of process pid in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def tcp_queues(local_port, remote_port):
+    """(send queue, receive queue) in bytes of the established IPv4 TCP
+    socket 127.0.0.1:local_port <-> remote_port, from /proc/net/tcp; None if
+    there is no such socket."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (state == "01" and int(local.split(":")[1], 16) == local_port
+                    and int(remote.split(":")[1], 16) == remote_port):
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None

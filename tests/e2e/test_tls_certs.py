@@ -1,0 +1,157 @@
+"""certs.d/ loading as an operator sees it: broken entries (key mismatch,
+garbled PEM, missing key, expired) are each reported with the file and a
+reason and skipped, the good certificates are still served, `mxfront -t`
+fails naming them, and `mxfront certs` lists what is served and the
+defaults."""
+import datetime
+import re
+
+import pytest
+
+import tlsclients
+from lib import mxfront_config, run_mxfront, write_config
+
+GOOD = ["default", "a", "wild-b"]
+BROKEN = ["bad-mismatch", "bad-garbled", "bad-nokey", "bad-expired"]
+
+# label -> (file the report must name, words of which the reason must contain one)
+EXPECTED_REPORT = {
+    "bad-mismatch": (("privkey.pem", "fullchain.pem"), ("match",)),
+    "bad-garbled": (("fullchain.pem",), ("pem", "base64", "decod", "pars")),
+    "bad-nokey": (("privkey.pem",), ("no such file", "missing", "cannot read", "not found")),
+    "bad-expired": (("fullchain.pem",), ("expired",)),
+}
+CERT_ERROR_RX = re.compile(r'event=cert_error file=(\S+) reason="([^"]*)"')
+
+
+def check_reports(text, certs_dir):
+    """Every broken entry has exactly one report naming its file, with a
+    reason; no good entry is reported."""
+    reports = CERT_ERROR_RX.findall(text)
+    for label, (files, words) in EXPECTED_REPORT.items():
+        mine = [(f, r) for f, r in reports if f.startswith(f"{certs_dir}/{label}/")]
+        assert len(mine) == 1, f"expected one report for {label}, got {mine}:\n{text}"
+        path, reason = mine[0]
+        assert path in [f"{certs_dir}/{label}/{f}" for f in files], \
+            f"{label}: report names {path}, expected one of {files}:\n{text}"
+        assert any(w in reason.lower() for w in words), \
+            f"{label}: reason {reason!r} should mention one of {words}"
+    for label in GOOD:
+        assert f"{certs_dir}/{label}/" not in text, f"good entry {label} reported:\n{text}"
+
+
+@pytest.fixture
+def broken_setup(pki, tmp_path):
+    return pki.install(tmp_path / "certs.d", GOOD, broken=BROKEN)
+
+
+def test_broken_entries_are_reported_and_skipped_good_ones_served(
+        mxfront, fake_backend, pki, broken_setup):
+    m = mxfront(fake_backend(), tls={"certs_dir": str(broken_setup)})
+    m.wait_log(r"event=certs_loaded ")
+    check_reports(m.log(), broken_setup)
+    loaded = re.search(r"event=certs_loaded dir=\S+ certs=(\d+) names=(\d+) problems=(\d+)",
+                       m.log())
+    assert loaded.groups() == ("3", "3", "4"), loaded.group(0)
+    # the good ones, by two clients each
+    for client in (tlsclients.openssl, tlsclients.gnutls):
+        served = client(m.port, sni="mx.a.example", ca=pki.ca_file)
+        assert served.der == pki.leaves["a"].der and served.verified, served
+        served = client(m.port, sni="x.b.example", ca=pki.ca_file)
+        assert served.der == pki.leaves["wild-b"].der and served.verified, served
+    # a broken entry's name gets the default, never the broken certificate
+    for label in BROKEN:
+        for client in (tlsclients.openssl, tlsclients.python):
+            served = client(m.port, sni=f"{label}.example", ca=pki.ca_file,
+                            verify_name="mx.test.example")
+            assert served.der == pki.leaves["default"].der, \
+                f"{label}.example: served {pki.name_of(served.der)}\n{served}"
+        m.wait_log(rf"event=tls sni={label}\.example cert=default match=default", count=2)
+
+
+def test_check_mode_fails_naming_every_broken_file(pki, tmp_path, broken_setup):
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(broken_setup)}}))
+    p = run_mxfront("-t", "-c", str(conf))
+    assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    check_reports(p.stdout + p.stderr, broken_setup)
+
+
+def test_check_mode_passes_with_good_certificates(pki, tmp_path):
+    certs_dir = pki.install(tmp_path / "certs.d")
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(certs_dir)}}))
+    p = run_mxfront("-t", "-c", str(conf))
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "cert_error" not in p.stdout + p.stderr
+
+
+ROW_RX = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\d{4}-\d\d-\d\d)\s+(-?\d+)\s+(\S+)\s*$")
+
+
+def certs_rows(conf):
+    """Runs `mxfront certs -c conf`; returns (process, header line, rows)."""
+    p = run_mxfront("certs", "-c", str(conf))
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    assert lines, f"no output (exit {p.returncode}):\n{p.stderr}"
+    rows = []
+    for ln in lines[1:]:
+        m = ROW_RX.match(ln)
+        assert m, f"row not in the form 'name label keytype date days marks': {ln!r}\n{p.stdout}"
+        rows.append(m.groups())
+    return p, lines[0], rows
+
+
+def expected_rows(pki, labels, marks):
+    """{(name, label): (keytype, not-after)} for the given leaves."""
+    want = {}
+    for label in labels:
+        leaf = pki.leaves[label]
+        for name in leaf.names or (leaf.cn,):
+            want[(name, label)] = (leaf.keytype, leaf.not_after.isoformat(),
+                                   marks.get(name, "-"))
+    return want
+
+
+def check_rows(rows, want, stdout):
+    got = {(r[0], r[1]): (r[2], r[3], r[5]) for r in rows}
+    assert len(rows) == len(got), f"duplicate rows:\n{stdout}"
+    for key, (keytype, date, mark) in want.items():
+        assert key in got, f"no row for {key}:\n{stdout}"
+        gk, gd, gm = got[key]
+        assert (gk, gd) == (keytype, date), f"{key}: {got[key]} != {want[key]}\n{stdout}"
+        if mark.startswith("listener-default("):
+            assert gm.startswith(mark), f"{key}: mark {gm!r}, expected {mark}...):\n{stdout}"
+        else:
+            assert gm == mark, f"{key}: mark {gm!r}, expected {mark!r}:\n{stdout}"
+    extra = set(got) - set(want)
+    assert not extra, f"rows for certificates that are not served: {extra}\n{stdout}"
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    for r in rows:
+        days = (datetime.date.fromisoformat(r[3]) - today).days
+        assert int(r[4]) in (days - 1, days), f"days-left of {r} (not-after - today = {days})"
+
+
+def test_certs_lists_every_served_name_with_defaults_marked(pki, tmp_path):
+    certs_dir = pki.install(tmp_path / "certs.d")
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {
+        "server": {"listen": "127.0.0.1:0, 127.0.0.2:0 default_cert=mx.c.example"},
+        "tls": {"certs_dir": str(certs_dir)}}))
+    p, header, rows = certs_rows(conf)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert not ROW_RX.match(header), f"first line should be a header: {header!r}"
+    want = expected_rows(pki, pki.leaves, {"mx.test.example": "default",
+                                           "mx.c.example": "listener-default(127.0.0.2"})
+    check_rows(rows, want, p.stdout)
+
+
+def test_certs_skips_broken_entries_and_follows_tls_default_cert(pki, tmp_path, broken_setup):
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {
+        "tls": {"certs_dir": str(broken_setup), "default_cert": "mx.a.example"}}))
+    p, header, rows = certs_rows(conf)
+    want = expected_rows(pki, GOOD, {"mx.a.example": "default"})
+    check_rows(rows, want, p.stdout)
+    # the broken ones are reported, not listed
+    check_reports(p.stderr, broken_setup)
