@@ -128,8 +128,8 @@ static void worker_main(void *arg)
 	struct worker *w = arg;
 	struct worker_msg *m = w->first;
 	w->first = NULL;
+	/* The listener takes the sockets; the array stays the message's. */
 	w->listener = listener_new(&w->loop, w->shared, m->cfg, m->tc, m->fds);
-	m->fds = NULL; /* taken by the listener */
 	worker_msg_free(m);
 	if (!w->listener) {
 		log_error("event=worker_error worker=%u reason=\"out of memory\"", w->index);
