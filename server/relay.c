@@ -329,11 +329,17 @@ static void relay_reply_done(struct relay *r)
 			return relay_fail(r, "LHLO after XCLIENT refused");
 		return relay_ready(r);
 	case RELAY_WAIT:
+		/* 3xx is only an answer to DATA (354); anything else means the
+		 * backend and mxfront no longer agree on where they are. */
+		if (code / 100 == 3 && !(r->cmd_is_data && code == 354))
+			return relay_fail(r, "unexpected intermediate reply");
 		uv_timer_stop(&r->timer);
 		r->state = (r->cmd_is_data && code == 354) ? RELAY_DATA : RELAY_READY;
 		r->cbs->reply(r->ctx, &r->cur);
 		return;
 	case RELAY_DATA_END:
+		if (code / 100 == 3)
+			return relay_fail(r, "intermediate reply after the final dot");
 		r->replies[r->ngot++] = r->cur;
 		if (r->ngot < r->nexpect) {
 			relay_arm(r, r->cfg->backend_timeout_ms);

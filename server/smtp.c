@@ -99,11 +99,14 @@ static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 	char buf[SMTP_REPLY_TEXT_MAX * 14 + 16];
 	size_t o = 0;
 	const char *p = r->text, *end = r->text + r->len;
-	do {
+	for (;;) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		const char *eol = nl ? nl : end;
 		size_t len = (size_t)(eol - p);
 		char sep = nl ? '-' : ' ';
+		/* A reply line stays within 512 octets (RFC 5321 4.5.3.1.5). */
+		if (len > SMTP_COMMAND_LINE_MAX - 14)
+			len = SMTP_COMMAND_LINE_MAX - 14;
 		int n;
 		if (smtp_enhanced_code_len(p, len, r->code))
 			n = snprintf(buf + o, sizeof buf - o, "%d%c%.*s\r\n", r->code, sep, (int)len, p);
@@ -112,8 +115,10 @@ static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 			             r->code / 100, (int)len, p);
 		assert(n > 0 && (size_t)n < sizeof buf - o);
 		o += (size_t)n;
-		p = nl ? nl + 1 : end;
-	} while (p < end);
+		if (!nl)
+			break; /* the last line, even an empty one, ends the reply */
+		p = nl + 1;
+	}
 	s->ops->reply(s->ctx, buf, o);
 }
 
@@ -512,6 +517,17 @@ static void smtp_data_normalized(struct smtp *s, const char *line, size_t len)
 			out[o++] = line[i];
 		}
 	}
+	/* Adding CRs may push a line past the limit the backend may enforce. */
+	size_t start = 0;
+	for (size_t i = 1; i < o; i++) {
+		if (out[i] == '\n') {
+			if (i + 1 - start > SMTP_TEXT_LINE_MAX) {
+				smtp_data_refuse(s, 554, "5.6.0 Message has a line longer than 1000 octets");
+				return;
+			}
+			start = i + 1;
+		}
+	}
 	s->ops->backend_data(s->ctx, out, o);
 }
 
@@ -552,14 +568,19 @@ unsigned smtp_map_lmtp(const struct smtp_reply *r, unsigned n, struct smtp_reply
 {
 	unsigned ok = 0;
 	const struct smtp_reply *refusal = NULL;
+	bool odd = false;
 	for (unsigned i = 0; i < n; i++) {
 		if (r[i].code / 100 == 2)
 			ok++;
+		else if (r[i].code / 100 != 4 && r[i].code / 100 != 5)
+			odd = true; /* not a verdict: never passed on */
 		else if (!refusal || (refusal->code / 100 == 5 && r[i].code / 100 == 4))
 			refusal = &r[i];
 	}
 	if (ok == n && n > 0)
 		smtp_reply_set(out, 250, "2.0.0 Ok: delivered");
+	else if (ok == 0 && odd)
+		smtp_reply_set(out, 451, "4.4.2 Backend protocol error, try again later");
 	else if (ok == 0 && refusal)
 		*out = *refusal;
 	else
@@ -701,6 +722,13 @@ void smtp_set_tls_available(struct smtp *s, bool available)
 void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 {
 	enum smtp_wait w = s->wait;
+	struct smtp_reply odd;
+	if (r->code / 100 == 3 && w != SMTP_WAIT_DATA) {
+		/* Only DATA may be answered with 3xx; never pass one on. */
+		smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
+		odd.lost = r->lost;
+		r = &odd;
+	}
 	s->wait = SMTP_WAIT_NONE;
 	if (r->lost && s->state == SMTP_STATE_MAIL)
 		s->backend_lost = true;
@@ -743,9 +771,11 @@ void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 			smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
 			smtp_send_received(s);
 		} else {
-			struct smtp_reply odd;
-			smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
-			smtp_send_reply(s, r->code / 100 == 2 ? &odd : r);
+			if (r->code / 100 == 2 || r->code / 100 == 3) {
+				smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
+				r = &odd;
+			}
+			smtp_send_reply(s, r);
 		}
 		break;
 	case SMTP_WAIT_RSET:

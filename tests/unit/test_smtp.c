@@ -1551,6 +1551,72 @@ static void test_map_lmtp(void)
 	CHECK(out.lost, "");
 }
 
+/* Found by fuzz_session: backend answers that are not verdicts, reply lines
+ * at the edges, and normalisation pushing a line past 1000 octets. */
+static void test_fuzz_findings(void)
+{
+	check_case("354 to MAIL is never passed on");
+	struct t *t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	t->script = A(LHLO_ALL, "354 go ahead");
+	t_send(t, EHLO_C MAIL_AB);
+	CHECK_STR_EQ(t->f.replies,
+	             GREET EHLO_ALL "451 4.4.2 Backend protocol error, try again later\r\n");
+	t_free(t);
+
+	check_case("3xx after the final dot is a 451");
+	t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	t->script = A(TX1_ANS, "354 more?");
+	t_send(t, TX1_IN "a\r\n.\r\n");
+	CHECK_STR_EQ(t->f.replies, TX1_OUT "451 4.4.2 Backend protocol error, try again later\r\n");
+	t_free(t);
+
+	check_case("an empty last reply line still ends the reply");
+	t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	t->script = A(LHLO_ALL, "250-2.1.0 first\n250 ");
+	t_send(t, EHLO_C MAIL_AB);
+	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL "250-2.1.0 first\r\n250 2.0.0 \r\n");
+	t_free(t);
+
+	check_case("a backend reply line is cut to 512 octets");
+	t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	char longrep[600];
+	memset(longrep, 'x', sizeof longrep - 1);
+	memcpy(longrep, "550 5.1.1 ", 10);
+	longrep[sizeof longrep - 1] = '\0';
+	t->script = A(LHLO_ALL, longrep);
+	t_send(t, EHLO_C MAIL_AB);
+	const char *r = t->f.replies + strlen(GREET EHLO_ALL);
+	CHECK(strncmp(r, "550 5.1.1 xxx", 13) == 0, "%.20s", r);
+	CHECK(strlen(r) <= 512 && strlen(r) >= 400, "reply of %zu octets", strlen(r));
+	t_free(t);
+
+	check_case("normalize: a line that grows past 1000 octets is refused");
+	t = t_new(DEFAULT_CONF "[smtp]\nbare_newline = normalize\n", NULL);
+	if (!t)
+		return;
+	t->script = A(TX1_ANS);
+	char line[1001];
+	memset(line, 'y', 999);
+	line[999] = '\n'; /* 999 octets and a bare LF: 1001 once it is CRLF */
+	line[1000] = '\0';
+	t_send(t, TX1_IN);
+	t_send(t, line);
+	t_send(t, "z\r\n.\r\n"); /* a dot right after the bare LF would not end DATA */
+	CHECK(strstr(t->f.replies, "554 5.6.0 Message has a line longer than 1000 octets") != NULL,
+	      "%s", t->f.replies);
+	CHECK_INT_EQ(t->f.nend, 0);
+	CHECK_INT_EQ(t->f.nabort, 1);
+	t_free(t);
+}
+
 int main(void)
 {
 	log_set_level(LOG_LEVEL_ERROR);
@@ -1568,6 +1634,7 @@ int main(void)
 	test_rcpt_utf8_needs_smtputf8();
 	test_long_multiline_reply();
 	test_received_always();
+	test_fuzz_findings();
 	run_isolated("EHLO reply with a long hostname and EHLO name", ehlo_long_names_child);
 	return check_summary();
 }
