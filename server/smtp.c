@@ -545,7 +545,8 @@ static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigne
 		s->ops->backend_data_end(s->ctx, s->nrcpt);
 		return;
 	}
-	s->size += len;
+	/* RFC 1870: the size is of the message, without dot-stuffing. */
+	s->size += len - (line[0] == '.');
 	bool normalize = s->cfg->bare_newline_normalize && !(flags & SMTP_LINE_TOO_LONG) &&
 	                 (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR));
 	if (flags & SMTP_LINE_TOO_LONG)

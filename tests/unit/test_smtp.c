@@ -1598,6 +1598,23 @@ static void test_fuzz_findings(void)
 	CHECK(strlen(r) <= 512 && strlen(r) >= 400, "reply of %zu octets", strlen(r));
 	t_free(t);
 
+	check_case("SIZE counts the message without its stuffing dots (RFC 1870)");
+	t = t_new(NULL, NULL); /* max_message_size = 10k */
+	if (!t)
+		return;
+	t->script = A(TX1_ANS, "250 2.0.0 ok");
+	t_send(t, TX1_IN);
+	char stuffed[514];
+	memset(stuffed, 'q', sizeof stuffed);
+	stuffed[0] = stuffed[1] = '.'; /* "..qqq": 512 octets of message, 513 on the wire */
+	memcpy(stuffed + 511, "\r\n", 3);
+	for (int i = 0; i < 20; i++)
+		t_send(t, stuffed); /* exactly 10,240 octets of message (Received excluded) */
+	t_send(t, ".\r\n");
+	CHECK(strstr(t->f.replies, "250 2.0.0 Ok: delivered") != NULL, "%s",
+	      t->f.replies + strlen(TX1_OUT));
+	t_free(t);
+
 	check_case("normalize: a line that grows past 1000 octets is refused");
 	t = t_new(DEFAULT_CONF "[smtp]\nbare_newline = normalize\n", NULL);
 	if (!t)
