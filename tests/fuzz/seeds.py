@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs into tests/fuzz/corpus/<target>/seed-*.
 
-Run from anywhere; it rewrites only files named seed-*. Input layouts are
+Run from anywhere; it replaces the files named seed-* (and only those). Input layouts are
 described in tests/fuzz/README. The fuzzer-found inputs (named by their SHA-1)
 are added next to these by `tests/fuzz/run --merge`."""
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARK = b"@@@\n"  # fuzz_session: client bytes (ending in LF) | MARK | control bytes
+
+
+for target in ("fuzz_command", "fuzz_reply", "fuzz_session"):
+    d = os.path.join(HERE, "corpus", target)
+    for old in os.listdir(d) if os.path.isdir(d) else []:
+        if old.startswith("seed-"):
+            os.remove(os.path.join(d, old))
 
 
 def write(target, name, data):
@@ -94,7 +101,7 @@ smuggle = {
     "lf-dot-lf": b"\n.\n",
     "dot-cr-crlf": b".\r\r\n",
     "cr-dot-crlf": b"\r.\r\n",
-    "dot-cr-lf-lf": b"\r\n.\r\n",  # the real one, preceded by text without CRLF
+    "real-crlf-dot-crlf": b"\r\n.\r\n",  # the real end: the rest is a new transaction
     "dot-nul": b"\r\n.\x00\r\n",
 }
 for name, seq in smuggle.items():
@@ -108,6 +115,8 @@ for name, data in sorted(sessions.items()):
     # normalize), STARTTLS offered (bit 4). Both bare_newline modes where
     # bare CR and LF are the point.
     modes = [(0x10, "reject")]
+    if name.startswith("smuggle-") and not name.startswith("smuggle-bol-"):
+        modes = []
     if name.startswith("smuggle-") or name in ("bare-lf-cmds", "long-line-999"):
         modes.append((0x11, "normalize"))
     for opt, tag in modes:
@@ -142,6 +151,11 @@ ctl_seeds = {
     "tls-then-tx": (b"EHLO c\r\nSTARTTLS\r\nEHLO c\r\n" + TX + BODY + b".\r\n", [0x44, 0, 0, 0]),
     "tls-then-tx-1rcpt-v6": (b"EHLO c\r\nSTARTTLS\r\nHELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@d>\r\nDATA\r\n.\r\n", [0x44, 0, 0, 0]),
     "arbitrary-code": (EHLO + TX, [0, 0, 0, 0x0f, 123, 0x0f, 200]),
+    "tls-twice": (b"EHLO c\r\nSTARTTLS\r\nEHLO c\r\nSTARTTLS\r\nQUIT\r\n", [0x44, 0, 0, 0]),
+    "tls-in-tx": (EHLO + b"MAIL FROM:<a@b>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS x\r\n", [0]),
+    "dsn-errors": (EHLO + b"MAIL FROM:<a@b> SMTPUTF8=x\r\nMAIL FROM:<a@b> RET=NONE\r\n"
+                   b"MAIL FROM:<a@b> ENVID=a=b\r\nMAIL FROM:<a@b>\r\nRCPT TO:<b@c> NOTIFY\r\n"
+                   b"RCPT TO:<b@c> ORCPT=x\r\nRCPT TO:<b@c> ORCPT=;x\r\nRCPT TO:<b@c> X=1\r\n", [0]),
     "count-mismatch": (EHLO + TX + b"x\r\n.\r\n", [0, 0, 0, 0, 0, 0, 0, 0xfe, 0, 0]),
 }
 for name, (data, ctl) in ctl_seeds.items():
