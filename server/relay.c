@@ -22,7 +22,7 @@ enum relay_state {
 	RELAY_XCLIENT,
 	RELAY_LHLO2,      /* LHLO with the client's HELO after XCLIENT */
 	RELAY_READY,
-	RELAY_WAIT,       /* one command sent, its reply awaited */
+	RELAY_WAIT,       /* commands sent (pipelined), their replies awaited */
 	RELAY_DATA,       /* message data flowing */
 	RELAY_DATA_END,   /* final dot sent, per-recipient replies awaited */
 };
@@ -78,14 +78,18 @@ struct relay {
 	enum relay_state state;
 	enum relay_op op;
 	bool freeing;
-	bool cmd_is_data;
 	bool above_high;
+	unsigned inflight;  /* commands sent whose replies are awaited */
+	bool data_inflight; /* the last of them is DATA */
 
 	char helo[256];
 	unsigned caps;
 	unsigned xattrs;
-	char queued[SMTP_COMMAND_LINE_MAX + 128];
-	size_t queued_len;
+	/* commands given while the connection is being set up */
+	char *queued;
+	size_t queued_len, queued_cap;
+	unsigned nqueued;
+	bool queued_data;
 
 	struct smtp_reply cur;         /* reply being assembled */
 	struct smtp_reply *replies;    /* per-recipient replies after the dot, owned */
@@ -125,6 +129,12 @@ static void relay_fail(struct relay *r, const char *reason)
 {
 	enum relay_state st = r->state;
 	enum relay_op op = r->op;
+	unsigned unanswered = st == RELAY_WAIT ? r->inflight : op == RELAY_OP_COMMAND ? r->nqueued : 0;
+	r->inflight = 0;
+	r->data_inflight = false;
+	r->nqueued = 0;
+	r->queued_len = 0;
+	r->queued_data = false;
 	log_warn("sess=%s event=backend_error backend=%s stage=%s reason=\"%s\"", r->id,
 	         r->cfg->backend.text, relay_state_names[st], reason);
 	relay_drop(r);
@@ -137,11 +147,12 @@ static void relay_fail(struct relay *r, const char *reason)
 		relay_lost(&rep, "4.4.1 Backend unavailable, try again later");
 		if (op == RELAY_OP_HELLO)
 			r->cbs->hello(r->ctx, &rep, 0);
-		else if (op == RELAY_OP_COMMAND)
+		for (unsigned i = 0; i < unanswered && !r->freeing; i++)
 			r->cbs->reply(r->ctx, &rep);
 	} else if (st == RELAY_WAIT) {
 		relay_lost(&rep, "4.4.2 Backend connection lost, try again later");
-		r->cbs->reply(r->ctx, &rep);
+		for (unsigned i = 0; i < unanswered && !r->freeing; i++)
+			r->cbs->reply(r->ctx, &rep);
 	} else if (st == RELAY_DATA_END) {
 		for (unsigned i = r->ngot; i < r->nexpect; i++)
 			relay_lost(&r->replies[i], "4.4.2 Backend connection lost after the message, "
@@ -276,8 +287,14 @@ static void relay_ready(struct relay *r)
 		r->cbs->hello(r->ctx, &ok, r->caps);
 	} else if (op == RELAY_OP_COMMAND) {
 		r->state = RELAY_WAIT;
+		r->inflight = r->nqueued;
+		r->data_inflight = r->queued_data;
+		r->nqueued = 0;
+		r->queued_data = false;
 		relay_arm(r, r->cfg->backend_timeout_ms);
-		relay_send(r, r->queued, r->queued_len);
+		size_t len = r->queued_len;
+		r->queued_len = 0;
+		relay_send(r, r->queued, len);
 	}
 }
 
@@ -328,15 +345,23 @@ static void relay_reply_done(struct relay *r)
 		if (code != 250)
 			return relay_fail(r, "LHLO after XCLIENT refused");
 		return relay_ready(r);
-	case RELAY_WAIT:
-		/* 3xx is only an answer to DATA (354); anything else means the
-		 * backend and mxfront no longer agree on where they are. */
-		if (code / 100 == 3 && !(r->cmd_is_data && code == 354))
+	case RELAY_WAIT: {
+		/* 3xx is only an answer to DATA (354), the last command of a
+		 * group; anything else means the backend and mxfront no longer
+		 * agree on where they are. */
+		bool to_data = r->inflight == 1 && r->data_inflight;
+		if (code / 100 == 3 && !(to_data && code == 354))
 			return relay_fail(r, "unexpected intermediate reply");
-		uv_timer_stop(&r->timer);
-		r->state = (r->cmd_is_data && code == 354) ? RELAY_DATA : RELAY_READY;
+		if (--r->inflight) {
+			relay_arm(r, r->cfg->backend_timeout_ms);
+		} else {
+			uv_timer_stop(&r->timer);
+			r->data_inflight = false;
+			r->state = to_data && code == 354 ? RELAY_DATA : RELAY_READY;
+		}
 		r->cbs->reply(r->ctx, &r->cur);
 		return;
+	}
 	case RELAY_DATA_END:
 		if (code / 100 == 3)
 			return relay_fail(r, "intermediate reply after the final dot");
@@ -486,22 +511,52 @@ void relay_hello(struct relay *r, const char *helo)
 	r->cbs->hello(r->ctx, &ok, r->caps);
 }
 
+/* Appends LINE to the commands waiting for the connection. */
+static bool relay_queue(struct relay *r, const char *line, size_t len)
+{
+	if (r->queued_len + len > r->queued_cap) {
+		size_t cap = r->queued_cap ? r->queued_cap * 2 : 1024;
+		while (cap < r->queued_len + len)
+			cap *= 2;
+		char *grown = realloc(r->queued, cap);
+		if (!grown)
+			return false;
+		r->queued = grown;
+		r->queued_cap = cap;
+	}
+	memcpy(r->queued + r->queued_len, line, len);
+	r->queued_len += len;
+	return true;
+}
+
+static void relay_gather(struct relay *r, const char *buf, size_t len);
+
 void relay_command(struct relay *r, const char *line, size_t len)
 {
 	struct smtp_reply rep;
-	if (len > sizeof r->queued)
-		len = sizeof r->queued;
-	r->cmd_is_data = len >= 4 && strncasecmp(line, "DATA", 4) == 0;
-	if (r->state == RELAY_READY) {
+	bool is_data = len >= 4 && strncasecmp(line, "DATA", 4) == 0;
+	bool connecting = r->state >= RELAY_CONNECTING && r->state <= RELAY_LHLO2;
+	if ((r->state == RELAY_READY || r->state == RELAY_WAIT) && !r->data_inflight) {
+		/* Gathered with the rest of this round's output: a pipelined
+		 * group leaves in one write (relay_flush). */
 		r->state = RELAY_WAIT;
+		r->inflight++;
+		r->data_inflight = is_data;
 		relay_arm(r, r->cfg->backend_timeout_ms);
-		relay_send(r, line, len);
+		relay_gather(r, line, len);
 		return;
 	}
-	if (r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "MAIL", 4) == 0) {
-		memcpy(r->queued, line, len);
-		r->queued_len = len;
-		relay_connect(r, RELAY_OP_COMMAND);
+	if ((r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "MAIL", 4) == 0) ||
+	    (connecting && r->op == RELAY_OP_COMMAND && !r->queued_data)) {
+		if (!relay_queue(r, line, len)) {
+			relay_lost(&rep, "4.3.0 Out of memory, try again later");
+			r->cbs->reply(r->ctx, &rep);
+			return;
+		}
+		r->nqueued++;
+		r->queued_data = is_data;
+		if (r->state == RELAY_IDLE)
+			relay_connect(r, RELAY_OP_COMMAND);
 		return;
 	}
 	if (r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "RSET", 4) == 0) {
@@ -525,9 +580,10 @@ void relay_flush(struct relay *r)
 		relay_arm(r, r->cfg->backend_timeout_ms);
 }
 
-void relay_data(struct relay *r, const char *buf, size_t len)
+/* Appends to the output being gathered; a full chunk is written at once. */
+static void relay_gather(struct relay *r, const char *buf, size_t len)
 {
-	while (len && r->state == RELAY_DATA) {
+	while (len && r->conn) {
 		if (!r->wcur) {
 			r->wcur = malloc(sizeof *r->wcur + RELAY_CHUNK);
 			if (!r->wcur) {
@@ -547,6 +603,13 @@ void relay_data(struct relay *r, const char *buf, size_t len)
 		if (r->wcur->len == RELAY_CHUNK)
 			relay_flush(r);
 	}
+}
+
+void relay_data(struct relay *r, const char *buf, size_t len)
+{
+	if (r->state != RELAY_DATA)
+		return;
+	relay_gather(r, buf, len);
 	if (r->pending > RELAY_HIGH_WATER)
 		r->above_high = true;
 }
@@ -581,6 +644,11 @@ void relay_abort(struct relay *r)
 	relay_drop(r);
 	r->state = RELAY_IDLE;
 	r->op = RELAY_OP_NONE;
+	r->inflight = 0;
+	r->data_inflight = false;
+	r->nqueued = 0;
+	r->queued_len = 0;
+	r->queued_data = false;
 	if (r->above_high) {
 		r->above_high = false;
 		r->cbs->drained(r->ctx);
@@ -614,6 +682,7 @@ static void relay_timer_close_cb(uv_handle_t *h)
 {
 	struct relay *r = h->data;
 	free(r->replies);
+	free(r->queued);
 	free(r);
 }
 

@@ -294,7 +294,7 @@ static void session_timer_cb(uv_timer_t *t)
 		session_close(s, s->close_reason ? s->close_reason : "timeout");
 		return;
 	}
-	if (smtp_busy(s->smtp)) {
+	if (smtp_waiting(s->smtp)) {
 		/* The relay times the backend; the client is not at fault. */
 		uv_timer_again(t);
 		return;

@@ -33,6 +33,17 @@ enum smtp_wait {
 	SMTP_WAIT_TLS, /* STARTTLS accepted, handshake in progress */
 };
 
+/* Backend answers awaited, oldest first. With a backend that offers
+ * PIPELINING, MAIL and RCPT go out without waiting for the previous answer
+ * (RFC 2920), and DATA may follow them; anything else waits until every
+ * answer is in. SMTP_PIPE_MAX bounds what a client can have outstanding. */
+#define SMTP_PIPE_MAX 32
+
+struct smtp_await {
+	enum smtp_wait what;
+	char *rcpt; /* SMTP_WAIT_RCPT: the address, owned */
+};
+
 struct smtp {
 	const struct config *cfg;
 	const struct smtp_ops *ops;
@@ -41,7 +52,17 @@ struct smtp {
 	const char *client_ip;
 
 	enum smtp_state state;
-	enum smtp_wait wait;
+	struct smtp_await q[SMTP_PIPE_MAX];
+	unsigned qhead, qlen;
+	unsigned rcpts_waiting; /* RCPTs in q */
+	/* A line that must wait for the answers in q before it is taken (a
+	 * command that is not pipelined, or one whose local reply would
+	 * overtake them): kept here, so that replies leave in order. */
+	bool deferring;
+	bool deferred;
+	unsigned deferred_flags;
+	size_t deferred_len;
+	char deferred_line[SMTP_COMMAND_LINE_MAX];
 	char helo[256];
 	bool esmtp;
 	bool caps_known; /* the backend answered a hello: caps are real */
@@ -62,7 +83,6 @@ struct smtp {
 	char **rcpts;      /* accepted recipients, owned */
 	unsigned nrcpt;
 	unsigned refused;
-	char pending_rcpt[SMTP_COMMAND_LINE_MAX];
 
 	/* message data */
 	uint64_t size;
@@ -133,6 +153,50 @@ static void smtp_error(struct smtp *s, const char *reply)
 	}
 }
 
+/* ---- awaited answers ---- */
+
+/* Records that an answer of kind WHAT is awaited; call before the op that
+ * asks for it, since the answer may come before the op returns. */
+static void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt)
+{
+	assert(s->qlen < SMTP_PIPE_MAX);
+	struct smtp_await *a = &s->q[(s->qhead + s->qlen++) % SMTP_PIPE_MAX];
+	a->what = what;
+	a->rcpt = rcpt;
+	if (what == SMTP_WAIT_RCPT)
+		s->rcpts_waiting++;
+}
+
+static enum smtp_wait smtp_awaiting(const struct smtp *s)
+{
+	return s->qlen ? s->q[s->qhead].what : SMTP_WAIT_NONE;
+}
+
+static struct smtp_await smtp_await_pop(struct smtp *s)
+{
+	struct smtp_await a = s->q[s->qhead];
+	s->qhead = (s->qhead + 1) % SMTP_PIPE_MAX;
+	s->qlen--;
+	if (a.what == SMTP_WAIT_RCPT)
+		s->rcpts_waiting--;
+	return a;
+}
+
+/* A local reply is about to be given while backend answers are awaited:
+ * the line is set aside instead. Returns true when it was. */
+static bool smtp_defer(struct smtp *s)
+{
+	if (!s->qlen)
+		return false;
+	s->deferring = true;
+	return true;
+}
+
+static bool smtp_pipelining(const struct smtp *s)
+{
+	return s->caps_known && (s->caps & SMTP_EXT_PIPELINING);
+}
+
 /* ---- transaction ---- */
 
 static void smtp_tx_reset(struct smtp *s)
@@ -192,7 +256,7 @@ static void smtp_send_hello(struct smtp *s)
 static void smtp_hello_continue(struct smtp *s)
 {
 	if (!s->caps_known) {
-		s->wait = SMTP_WAIT_HELLO;
+		smtp_await(s, SMTP_WAIT_HELLO, NULL);
 		s->ops->backend_hello(s->ctx, s->helo);
 		return;
 	}
@@ -217,7 +281,7 @@ static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args
 	s->state = SMTP_STATE_READY;
 	/* RFC 5321 4.1.4: EHLO inside a transaction resets it, at the backend too. */
 	if (had_tx) {
-		s->wait = SMTP_WAIT_RSET_HELLO;
+		smtp_await(s, SMTP_WAIT_RSET_HELLO, NULL);
 		s->ops->backend_command(s->ctx, "RSET\r\n", 6);
 		return;
 	}
@@ -226,9 +290,9 @@ static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args
 
 void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned caps)
 {
-	if (s->wait != SMTP_WAIT_HELLO)
+	if (smtp_awaiting(s) != SMTP_WAIT_HELLO)
 		return;
-	s->wait = SMTP_WAIT_NONE;
+	smtp_await_pop(s);
 	/* A backend that is down now is tried again at MAIL; EHLO still succeeds
 	 * and offers only what needs no backend support. */
 	s->caps_known = r->code / 100 == 2;
@@ -340,8 +404,11 @@ static void smtp_cmd_mail(struct smtp *s, const char *args, size_t len)
 	}
 	snprintf(s->from, sizeof s->from, "%.*s", (int)p.addrlen, p.addr);
 	s->tx_utf8 = utf8;
+	s->refused = 0;
+	/* RCPTs may follow before the answer; a refusal undoes this. */
+	s->state = SMTP_STATE_MAIL;
 	strcat(line, "\r\n");
-	s->wait = SMTP_WAIT_MAIL;
+	smtp_await(s, SMTP_WAIT_MAIL, NULL);
 	s->ops->backend_command(s->ctx, line, strlen(line));
 }
 
@@ -371,44 +438,55 @@ static const char *smtp_rcpt_params(struct smtp *s, const struct smtp_path *p, c
 	return NULL;
 }
 
-static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
+/* Checks RCPT and writes the backend's line to LINE and the address to
+ * ADDR. Returns NULL, or the local reply; *ERROR tells whether that reply
+ * counts as a client error (syntax) or as a refused recipient. */
+static const char *smtp_rcpt_check(struct smtp *s, const char *args, size_t len, char *line,
+                                   size_t size, char *addr, bool *error)
 {
-	if (s->state != SMTP_STATE_MAIL) {
-		smtp_error(s, "503 5.5.1 Need MAIL command first");
-		return;
-	}
-	if (s->nrcpt >= s->cfg->max_recipients) {
-		s->refused++;
-		smtp_send(s, "452 4.5.3 Too many recipients");
-		return;
-	}
-	if (s->backend_lost) {
-		s->refused++;
-		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
-		return;
-	}
+	*error = s->state != SMTP_STATE_MAIL;
+	if (*error)
+		return "503 5.5.1 Need MAIL command first";
+	if (s->nrcpt + s->rcpts_waiting >= s->cfg->max_recipients)
+		return "452 4.5.3 Too many recipients";
+	if (s->backend_lost)
+		return "451 4.4.2 Backend connection lost, try again later";
+	*error = true;
 	struct smtp_path p;
 	enum smtp_path_error e = smtp_parse_path(args, len, "TO:", false, true,
 	                                         s->caps & SMTP_EXT_SMTPUTF8, &p);
-	if (e != SMTP_PATH_OK) {
-		smtp_error(s, smtp_path_reply(e, false));
-		return;
-	}
-	if (!s->tx_utf8 && smtp_has_8bit(p.addr, p.addrlen)) {
-		smtp_error(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL");
-		return;
-	}
-	char line[SMTP_COMMAND_LINE_MAX + 64];
-	snprintf(line, sizeof line, "RCPT TO:<%.*s>", (int)p.addrlen, p.addr);
-	const char *refuse = smtp_rcpt_params(s, &p, line, sizeof line - 2);
-	if (refuse) {
-		smtp_error(s, refuse);
-		return;
-	}
-	snprintf(s->pending_rcpt, sizeof s->pending_rcpt, "%.*s", (int)p.addrlen, p.addr);
+	if (e != SMTP_PATH_OK)
+		return smtp_path_reply(e, false);
+	if (!s->tx_utf8 && smtp_has_8bit(p.addr, p.addrlen))
+		return "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL";
+	snprintf(line, size, "RCPT TO:<%.*s>", (int)p.addrlen, p.addr);
+	const char *refuse = smtp_rcpt_params(s, &p, line, size - 2);
+	if (refuse)
+		return refuse;
 	strcat(line, "\r\n");
-	s->wait = SMTP_WAIT_RCPT;
-	s->ops->backend_command(s->ctx, line, strlen(line));
+	snprintf(addr, SMTP_COMMAND_LINE_MAX, "%.*s", (int)p.addrlen, p.addr);
+	return NULL;
+}
+
+static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
+{
+	char line[SMTP_COMMAND_LINE_MAX + 64], addr[SMTP_COMMAND_LINE_MAX];
+	bool error;
+	const char *refuse = smtp_rcpt_check(s, args, len, line, sizeof line, addr, &error);
+	char *copy = refuse ? NULL : strdup(addr);
+	if (!refuse && !copy)
+		refuse = "452 4.3.1 Out of memory";
+	if (refuse && smtp_defer(s))
+		return;
+	if (refuse && error) {
+		smtp_error(s, refuse);
+	} else if (refuse) {
+		s->refused++;
+		smtp_send(s, "%s", refuse);
+	} else {
+		smtp_await(s, SMTP_WAIT_RCPT, copy);
+		s->ops->backend_command(s->ctx, line, strlen(line));
+	}
 }
 
 /* ---- DATA ---- */
@@ -449,6 +527,10 @@ static void smtp_send_received(struct smtp *s)
 
 static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
 {
+	bool local = len || s->state != SMTP_STATE_MAIL || (s->nrcpt == 0 && !s->rcpts_waiting) ||
+	             s->backend_lost;
+	if (local && smtp_defer(s))
+		return;
 	if (len) {
 		smtp_error(s, "501 5.5.4 Syntax: DATA");
 		return;
@@ -458,7 +540,7 @@ static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
 		                                             : "503 5.5.1 Need MAIL command first");
 		return;
 	}
-	if (s->nrcpt == 0) {
+	if (s->nrcpt == 0 && !s->rcpts_waiting) {
 		/* RFC 2920 3.1: with pipelining, DATA after refused RCPTs. */
 		smtp_error(s, "554 5.5.1 No valid recipients");
 		return;
@@ -467,7 +549,9 @@ static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
 		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
 		return;
 	}
-	s->wait = SMTP_WAIT_DATA;
+	/* Sent even while RCPT answers are awaited: if none is accepted, the
+	 * backend refuses DATA itself. */
+	smtp_await(s, SMTP_WAIT_DATA, NULL);
 	s->ops->backend_command(s->ctx, "DATA\r\n", 6);
 }
 
@@ -541,7 +625,7 @@ static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigne
 			smtp_data_finish(s, &s->bad, 0);
 			return;
 		}
-		s->wait = SMTP_WAIT_DATA_END;
+		smtp_await(s, SMTP_WAIT_DATA_END, NULL);
 		s->ops->backend_data_end(s->ctx, s->nrcpt);
 		return;
 	}
@@ -591,9 +675,9 @@ unsigned smtp_map_lmtp(const struct smtp_reply *r, unsigned n, struct smtp_reply
 
 void smtp_backend_data_done(struct smtp *s, const struct smtp_reply *replies, unsigned n)
 {
-	if (s->wait != SMTP_WAIT_DATA_END)
+	if (smtp_awaiting(s) != SMTP_WAIT_DATA_END)
 		return;
-	s->wait = SMTP_WAIT_NONE;
+	smtp_await_pop(s);
 	struct smtp_reply out;
 	unsigned ok = smtp_map_lmtp(replies, n, &out);
 	if (n != s->nrcpt) {
@@ -643,7 +727,7 @@ static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 		return;
 	smtp_tx_reset(s);
 	if (had_tx) {
-		s->wait = SMTP_WAIT_RSET;
+		smtp_await(s, SMTP_WAIT_RSET, NULL);
 		s->ops->backend_command(s->ctx, "RSET\r\n", 6);
 		return;
 	}
@@ -695,15 +779,15 @@ static void smtp_cmd_starttls(struct smtp *s, size_t len)
 		return;
 	}
 	smtp_send(s, "220 2.0.0 Ready to start TLS");
-	s->wait = SMTP_WAIT_TLS;
+	smtp_await(s, SMTP_WAIT_TLS, NULL);
 	s->ops->starttls(s->ctx);
 }
 
 void smtp_tls_started(struct smtp *s, const char *info)
 {
-	if (s->wait != SMTP_WAIT_TLS)
+	if (smtp_awaiting(s) != SMTP_WAIT_TLS)
 		return;
-	s->wait = SMTP_WAIT_NONE;
+	smtp_await_pop(s);
 	s->tls = true;
 	snprintf(s->tls_info, sizeof s->tls_info, "%s", info);
 	/* RFC 3207 4.2: forget everything learnt before, HELO included. */
@@ -720,9 +804,96 @@ void smtp_set_tls_available(struct smtp *s, bool available)
 
 /* ---- the backend's answers ---- */
 
+static void smtp_mail_answered(struct smtp *s, const struct smtp_reply *r)
+{
+	if (r->code / 100 == 2 && s->state == SMTP_STATE_MAIL) {
+		s->backend_tx = true;
+		s->ntx++;
+	} else if (s->state == SMTP_STATE_MAIL) {
+		/* Refused: RCPTs pipelined behind it get the backend's refusals. */
+		s->state = SMTP_STATE_READY;
+		s->from[0] = '\0';
+		s->tx_utf8 = false;
+		s->backend_lost = false;
+	}
+	smtp_send_reply(s, r);
+}
+
+/* Takes over A's address when the recipient was accepted. */
+static void smtp_rcpt_answered(struct smtp *s, const struct smtp_reply *r, struct smtp_await *a)
+{
+	struct smtp_reply odd;
+	if (r->code / 100 != 2 || r->lost) {
+		s->refused++;
+	} else if (s->state != SMTP_STATE_MAIL) {
+		/* Accepted without a transaction: the backend lost track. */
+		s->refused++;
+		smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
+		r = &odd;
+	} else {
+		char **grown = realloc(s->rcpts, (s->nrcpt + 1) * sizeof *grown);
+		if (!grown) {
+			smtp_send(s, "452 4.3.1 Out of memory");
+			return;
+		}
+		s->rcpts = grown;
+		s->rcpts[s->nrcpt++] = a->rcpt;
+		a->rcpt = NULL;
+	}
+	smtp_send_reply(s, r);
+}
+
+static void smtp_data_answered(struct smtp *s, const struct smtp_reply *r)
+{
+	struct smtp_reply odd;
+	if (r->code == 354 && (s->state != SMTP_STATE_MAIL || s->nrcpt == 0)) {
+		/* DATA went out pipelined and the backend took it although mxfront
+		 * holds no accepted recipient (its acceptance was lost on the way):
+		 * that connection's transaction is not ours, drop it. */
+		s->ops->backend_abort(s->ctx);
+		if (s->state == SMTP_STATE_MAIL) {
+			s->backend_lost = true;
+			smtp_error(s, "554 5.5.1 No valid recipients");
+		} else {
+			smtp_send(s, "451 4.4.2 Backend protocol error, try again later");
+		}
+		return;
+	}
+	if (r->code == 354) {
+		s->state = SMTP_STATE_DATA;
+		s->prev_crlf = true;
+		s->size = 0;
+		s->bad.code = 0;
+		smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
+		smtp_send_received(s);
+		return;
+	}
+	if (r->code / 100 == 2 || r->code / 100 == 3) {
+		smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
+		r = &odd;
+	}
+	smtp_send_reply(s, r);
+}
+
+/* Every awaited answer is in: take the line that was set aside. */
+static void smtp_settled(struct smtp *s)
+{
+	if (s->qlen || !s->deferred)
+		return;
+	char line[SMTP_COMMAND_LINE_MAX];
+	size_t len = s->deferred_len;
+	memcpy(line, s->deferred_line, len);
+	s->deferred = false;
+	smtp_line(s, line, len, s->deferred_flags);
+}
+
 void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 {
-	enum smtp_wait w = s->wait;
+	enum smtp_wait w = smtp_awaiting(s);
+	if (w != SMTP_WAIT_MAIL && w != SMTP_WAIT_RCPT && w != SMTP_WAIT_DATA &&
+	    w != SMTP_WAIT_RSET && w != SMTP_WAIT_RSET_HELLO)
+		return;
+	struct smtp_await a = smtp_await_pop(s);
 	struct smtp_reply odd;
 	if (r->code / 100 == 3 && w != SMTP_WAIT_DATA) {
 		/* Only DATA may be answered with 3xx; never pass one on. */
@@ -730,65 +901,27 @@ void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 		odd.lost = r->lost;
 		r = &odd;
 	}
-	s->wait = SMTP_WAIT_NONE;
 	if (r->lost && s->state == SMTP_STATE_MAIL)
 		s->backend_lost = true;
 	switch (w) {
 	case SMTP_WAIT_MAIL:
-		if (r->code / 100 == 2) {
-			s->state = SMTP_STATE_MAIL;
-			s->backend_tx = true;
-			s->ntx++;
-		} else {
-			s->from[0] = '\0';
-			s->tx_utf8 = false;
-		}
-		smtp_send_reply(s, r);
+		smtp_mail_answered(s, r);
 		break;
 	case SMTP_WAIT_RCPT:
-		if (r->code / 100 == 2 && !r->lost) {
-			char **grown = realloc(s->rcpts, (s->nrcpt + 1) * sizeof *grown);
-			char *copy = strdup(s->pending_rcpt);
-			if (!grown || !copy) {
-				free(copy);
-				if (grown)
-					s->rcpts = grown;
-				smtp_send(s, "452 4.3.1 Out of memory");
-				break;
-			}
-			s->rcpts = grown;
-			s->rcpts[s->nrcpt++] = copy;
-		} else {
-			s->refused++;
-		}
-		smtp_send_reply(s, r);
+		smtp_rcpt_answered(s, r, &a);
 		break;
 	case SMTP_WAIT_DATA:
-		if (r->code == 354) {
-			s->state = SMTP_STATE_DATA;
-			s->prev_crlf = true;
-			s->size = 0;
-			s->bad.code = 0;
-			smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
-			smtp_send_received(s);
-		} else {
-			if (r->code / 100 == 2 || r->code / 100 == 3) {
-				smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
-				r = &odd;
-			}
-			smtp_send_reply(s, r);
-		}
+		smtp_data_answered(s, r);
 		break;
 	case SMTP_WAIT_RSET:
 		smtp_send(s, "250 2.0.0 Ok");
 		break;
-	case SMTP_WAIT_RSET_HELLO:
+	default: /* SMTP_WAIT_RSET_HELLO */
 		smtp_hello_continue(s);
 		break;
-	default:
-		s->wait = w;
-		break;
 	}
+	free(a.rcpt);
+	smtp_settled(s);
 }
 
 void smtp_backend_failed(struct smtp *s)
@@ -803,14 +936,8 @@ void smtp_backend_failed(struct smtp *s)
 
 /* ---- dispatch ---- */
 
-void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
+static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned flags)
 {
-	if (s->state == SMTP_STATE_CLOSED)
-		return;
-	if (s->state == SMTP_STATE_DATA) {
-		smtp_data_line(s, line, len, flags);
-		return;
-	}
 	s->commands++;
 	if (flags & SMTP_LINE_TOO_LONG) {
 		smtp_error(s, "500 5.5.2 Line too long");
@@ -863,6 +990,55 @@ void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 	}
 }
 
+static void smtp_keep(struct smtp *s, const char *line, size_t len, unsigned flags)
+{
+	assert(!s->deferred);
+	if (len > sizeof s->deferred_line) {
+		/* Over the command line limit whatever it was framed with: only
+		 * "too long" will be said of it. */
+		len = sizeof s->deferred_line;
+		flags |= SMTP_LINE_TOO_LONG;
+	}
+	memcpy(s->deferred_line, line, len);
+	s->deferred_len = len;
+	s->deferred_flags = flags;
+	s->deferred = true;
+}
+
+/* Whether LINE may be taken while backend answers are awaited: only RCPT
+ * and DATA join a pipelined group; they set themselves aside if they would
+ * be answered locally (smtp_defer). */
+static bool smtp_pipelinable(const char *line, size_t len, unsigned flags)
+{
+	if (flags || len < 2)
+		return false;
+	const char *args;
+	bool space;
+	enum smtp_verb verb = smtp_parse_verb(line, len - 2, &args, &space);
+	return verb == SMTP_VERB_RCPT || verb == SMTP_VERB_DATA;
+}
+
+void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	if (s->state == SMTP_STATE_DATA) {
+		smtp_data_line(s, line, len, flags);
+		return;
+	}
+	if (s->qlen && !smtp_pipelinable(line, len, flags)) {
+		smtp_keep(s, line, len, flags);
+		return;
+	}
+	s->deferring = false;
+	smtp_command(s, line, len, flags);
+	if (s->deferring) {
+		s->deferring = false;
+		s->commands--;
+		smtp_keep(s, line, len, flags);
+	}
+}
+
 void smtp_goodbye(struct smtp *s, const char *enhanced, const char *text, const char *reason)
 {
 	if (s->state == SMTP_STATE_CLOSED)
@@ -881,18 +1057,29 @@ void smtp_greet(struct smtp *s)
 
 bool smtp_busy(const struct smtp *s)
 {
-	return s->wait != SMTP_WAIT_NONE;
+	if (s->deferred)
+		return true;
+	if (!s->qlen)
+		return false;
+	enum smtp_wait last = s->q[(s->qhead + s->qlen - 1) % SMTP_PIPE_MAX].what;
+	return !smtp_pipelining(s) || s->qlen >= SMTP_PIPE_MAX ||
+	       (last != SMTP_WAIT_MAIL && last != SMTP_WAIT_RCPT);
+}
+
+bool smtp_waiting(const struct smtp *s)
+{
+	return s->qlen > 0;
 }
 
 bool smtp_idle(const struct smtp *s)
 {
-	return s->wait == SMTP_WAIT_NONE &&
+	return !s->qlen && !s->deferred &&
 	       (s->state == SMTP_STATE_GREETED || s->state == SMTP_STATE_READY);
 }
 
 bool smtp_delivering(const struct smtp *s)
 {
-	return s->wait == SMTP_WAIT_DATA_END;
+	return smtp_awaiting(s) == SMTP_WAIT_DATA_END;
 }
 
 bool smtp_in_data(const struct smtp *s)
@@ -925,6 +1112,8 @@ void smtp_free(struct smtp *s)
 	if (!s)
 		return;
 	smtp_tx_reset(s);
+	while (s->qlen)
+		free(smtp_await_pop(s).rcpt);
 	free(s->rcpts);
 	free(s);
 }

@@ -58,8 +58,14 @@ void smtp_greet(struct smtp *s);
 /* Feeds one line as framed by smtp_frame (ending included) with its flags. */
 void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags);
 
-/* True while a backend answer is awaited: feed no more lines until it comes. */
+/* True when no line may be fed now: a backend answer must come first.
+ * With a backend that offers PIPELINING, RCPT and DATA lines may still be
+ * fed while MAIL and RCPT answers are awaited. */
 bool smtp_busy(const struct smtp *s);
+
+/* True while any backend answer is awaited (the client is not at fault
+ * for the silence). */
+bool smtp_waiting(const struct smtp *s);
 
 /* True between transactions with no backend answer awaited: the session
  * may be ended without cutting anything. */

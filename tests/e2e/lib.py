@@ -605,6 +605,7 @@ class Dovecot:
 @dataclass
 class FakeConnection:
     received: bytearray = field(default_factory=bytearray)  # every byte, in order
+    chunks: list = field(default_factory=list)              # the bytes of each recv()
     commands: list = field(default_factory=list)            # command lines (no DATA payload)
     messages: list = field(default_factory=list)            # complete DATA payloads (wire form)
     partial: bytearray = field(default_factory=bytearray)   # DATA bytes of an unfinished message
@@ -619,7 +620,7 @@ class FakeLmtp:
       greeting      first line, or None to never greet
       capabilities  LHLO keywords after the name line
       after_lhlo    "ok" | "close" | "hang" | "garbage"
-      mail_reply    reply to MAIL
+      mail_reply    reply to MAIL, or "close" to close the connection instead
       rcpt_replies  {address: reply}; others get rcpt_default
       data_reply    reply to DATA
       at_eod        "reply" | "hang" | "garbage" | "close"
@@ -694,6 +695,7 @@ class FakeLmtp:
         buf = b""
         mode = "command"          # command | data | hang
         accepted = []
+        in_tx = False             # MAIL accepted, transaction open
 
         def send(line):
             try:
@@ -718,6 +720,7 @@ class FakeLmtp:
                     rec.eof.set()
                     return
                 rec.received += chunk
+                rec.chunks.append(bytes(chunk))
                 if mode == "hang":
                     continue
                 buf += chunk
@@ -743,6 +746,7 @@ class FakeLmtp:
                         rec.partial = bytearray()
                         buf = data[cut:]
                         mode = "command"
+                        in_tx = False
                         if self.at_eod == "hang":
                             mode = "hang"
                             break
@@ -780,11 +784,16 @@ class FakeLmtp:
                         send(self.xclient_reply)
                     elif verb == "MAIL":
                         accepted = []
+                        if self.mail_reply == "close":
+                            return
+                        in_tx = self.mail_reply.startswith("2")
                         send(self.mail_reply)
                     elif verb == "RCPT":
                         m = re.search(r"<([^>]*)>", text)
                         addr = m.group(1).lower() if m else ""
                         r = self.rcpt_replies.get(addr, self.rcpt_default)
+                        if not in_tx:
+                            r = "503 5.5.1 MAIL needed first"
                         if r.startswith("2"):
                             accepted.append(addr)
                         send(r)
@@ -796,6 +805,7 @@ class FakeLmtp:
                             mode = "data"
                     elif verb == "RSET":
                         accepted = []
+                        in_tx = False
                         send("250 2.0.0 Ok")
                     elif verb == "NOOP":
                         send("250 2.0.0 Ok")

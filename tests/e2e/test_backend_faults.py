@@ -188,3 +188,88 @@ def test_client_stalling_in_data_times_out(mxfront, fake_backend):
     [conn] = fb.connections
     wait_until(conn.eof.is_set, 5.0, "mxfront to close its backend connection")
     assert conn.messages == [] and b"\r\n.\r\n" not in bytes(conn.received), bytes(conn.received)
+
+
+# ------------------------------------------------ pipelining to the backend
+
+PIPELINED_GROUP = (b"MAIL FROM:<s@client.example>\r\n"
+                   b"RCPT TO:<a@dest.example>\r\n"
+                   b"RCPT TO:<b@dest.example>\r\n"
+                   b"DATA\r\n")
+
+
+def _pipelined_transaction(mx):
+    c, _ = smtp_session(mx)
+    with c:
+        c.send(PIPELINED_GROUP)
+        codes = [c.read_reply().code for _ in range(4)]
+        c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        codes.append(c.read_reply().code)
+        codes.append(c.read_reply().code)
+    return codes
+
+
+def _backend_writes(conn):
+    """The backend's receive chunks from MAIL up to the DATA command."""
+    writes, seen = [], b""
+    for chunk in conn.chunks:
+        seen += chunk
+        if b"MAIL FROM" in seen:
+            writes.append(chunk)
+        if b"DATA\r\n" in seen:
+            break
+    return writes
+
+
+def test_pipelined_group_reaches_a_pipelining_backend_in_one_write(mxfront, fake_backend):
+    """RFC 2920 to the backend too: a client's MAIL/RCPT/RCPT/DATA group leaves
+    mxfront as one write instead of four round trips."""
+    fb = fake_backend()
+    mx = mxfront(fb)
+    assert _pipelined_transaction(mx) == [250, 250, 250, 354, 250, 221]
+    [conn] = fb.connections
+    writes = _backend_writes(conn)
+    assert len(writes) == 1, writes
+    assert writes[0].endswith(b"RCPT TO:<b@dest.example>\r\nDATA\r\n"), writes
+
+
+def test_backend_without_pipelining_gets_one_command_at_a_time(mxfront, fake_backend):
+    fb = fake_backend(capabilities=["ENHANCEDSTATUSCODES", "8BITMIME"])
+    mx = mxfront(fb)
+    assert _pipelined_transaction(mx) == [250, 250, 250, 354, 250, 221]
+    [conn] = fb.connections
+    writes = _backend_writes(conn)
+    assert [w.split(b" ")[0].rstrip(b"\r\n") for w in writes] == \
+        [b"MAIL", b"RCPT", b"RCPT", b"DATA"], writes
+
+
+def test_pipelined_group_after_a_refused_mail(mxfront, fake_backend):
+    """The backend refuses MAIL: the RCPTs and DATA pipelined behind it get
+    the backend's own refusals, in order, and nothing is delivered."""
+    fb = fake_backend(mail_reply="451 4.3.0 Try again later")
+    mx = mxfront(fb)
+    c, _ = smtp_session(mx)
+    with c:
+        c.send(PIPELINED_GROUP)
+        replies = [c.read_reply() for _ in range(4)]
+        assert [r.code for r in replies] == [451, 503, 503, 503], [str(r) for r in replies]
+        assert c.cmd("NOOP").code == 250
+    assert fb.connections[0].messages == []
+
+
+def test_backend_dying_under_a_pipelined_group(mxfront, fake_backend):
+    """The backend closes after reading the group: every command in it is
+    answered 4xx, in order, and the next transaction reconnects."""
+    fb = fake_backend(mail_reply="close")
+    mx = mxfront(fb)
+    c, _ = smtp_session(mx)
+    with c:
+        c.send(PIPELINED_GROUP)
+        replies = [c.read_reply() for _ in range(4)]
+        assert [r.code // 100 for r in replies] == [4, 4, 4, 4], [str(r) for r in replies]
+        fb.mail_reply = "250 2.1.0 Ok"
+        c.send(PIPELINED_GROUP)
+        assert [c.read_reply().code for _ in range(4)] == [250, 250, 250, 354]
+        c.send(b"Subject: p\r\n\r\nbody\r\n.\r\n")
+        assert c.read_reply().code == 250
+    assert len(fb.connections) == 2 and len(fb.connections[1].messages) == 1

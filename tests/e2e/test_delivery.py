@@ -389,3 +389,28 @@ def test_client_dropping_mid_data_delivers_nothing(dovecot, mxfront):
                "Dovecot to log the LMTP disconnect")
     assert dovecot.all_messages() == {"alice": [], "bob": [], "carol": []}
     assert "saved mail to" not in dovecot.log()
+
+
+def test_pipelined_group_with_no_valid_recipient(dovecot, mxfront):
+    """Every RCPT of a pipelined group is unknown to Dovecot: DATA, sent on
+    behind them, gets Dovecot's refusal, nothing is stored, and the session
+    goes on to a transaction that works."""
+    mx = mxfront(dovecot)
+    c, _ = smtp_session(mx)
+    with c:
+        c.send(b"MAIL FROM:<sender@client.example>\r\n"
+               b"RCPT TO:<nosuchuser@dest.example>\r\n"
+               b"RCPT TO:<nobody@dest.example>\r\n"
+               b"DATA\r\n")
+        replies = [c.read_reply() for _ in range(4)]
+        assert [r.code for r in replies[:3]] == [250, 550, 550], [str(r) for r in replies]
+        assert replies[3].code // 100 == 5 and replies[3].enhanced, replies[3]
+        assert c.cmd("RSET").code == 250
+        c.send(b"MAIL FROM:<sender@client.example>\r\nRCPT TO:<carol@dest.example>\r\nDATA\r\n")
+        assert [c.read_reply().code for _ in range(3)] == [250, 250, 354]
+        body = b"Subject: after\r\n\r\nbody\r\n"
+        c.send(body + b".\r\n")
+        assert c.read_reply().code == 250
+    [stored] = dovecot.wait_messages("carol", 1)
+    assert split_stored(stored, helo="client.example").rest == lf(body)
+    assert dovecot.maildir_messages("alice") == []

@@ -39,8 +39,12 @@ struct fuzz {
 	const struct config *cfg;
 	struct smtp *s;
 	const uint8_t *ctl, *ctl_end; /* backend control bytes */
-	enum fuzz_pending pending;
-	enum fuzz_cmd cmd;
+	/* backend calls awaiting an answer, oldest first (commands may be
+	 * pipelined: MAIL, RCPT and a last DATA) */
+	enum fuzz_pending pend[64];
+	enum fuzz_cmd pcmd[64];
+	unsigned npend;
+	unsigned lost_left; /* answers still due from a connection that broke */
 	bool closed;
 	bool starttls_drop; /* the session drops the client's buffered bytes */
 
@@ -183,17 +187,41 @@ static void fuzz_reply(void *ctx, const char *buf, size_t len)
 		           "[F1] the verdict on the final dot is 2xx, 4xx or 5xx");
 }
 
-static void fuzz_begin(struct fuzz *f, enum fuzz_pending p)
+static bool fuzz_pending_cmd(const struct fuzz *f, enum fuzz_cmd c)
+{
+	for (unsigned i = 0; i < f->npend; i++)
+		if (f->pend[i] == FUZZ_PEND_COMMAND && f->pcmd[i] == c)
+			return true;
+	return false;
+}
+
+/* Only MAIL and RCPT may have a next command sent behind them (RFC 2920:
+ * DATA ends a group); a hello, STARTTLS or final dot waits for all. */
+static void fuzz_begin(struct fuzz *f, enum fuzz_pending p, enum fuzz_cmd c)
 {
 	FUZZ_CHECK(!f->closed, "no backend call after the connection was closed");
-	FUZZ_CHECK(f->pending == FUZZ_PEND_NONE, "one backend call at a time");
-	f->pending = p;
+	if (f->npend) {
+		unsigned last = f->npend - 1;
+		FUZZ_CHECK(p == FUZZ_PEND_COMMAND && f->pend[last] == FUZZ_PEND_COMMAND &&
+		                   (f->pcmd[last] == FUZZ_CMD_MAIL || f->pcmd[last] == FUZZ_CMD_RCPT),
+		           "only commands are pipelined, and nothing after DATA or RSET");
+	}
+	FUZZ_CHECK(f->npend < 33, "at most 32 backend answers awaited (smtp.c SMTP_PIPE_MAX)");
+	f->pend[f->npend] = p;
+	f->pcmd[f->npend++] = c;
+}
+
+static void fuzz_pop(struct fuzz *f)
+{
+	memmove(f->pend, f->pend + 1, (f->npend - 1) * sizeof f->pend[0]);
+	memmove(f->pcmd, f->pcmd + 1, (f->npend - 1) * sizeof f->pcmd[0]);
+	f->npend--;
 }
 
 static void fuzz_backend_hello(void *ctx, const char *helo)
 {
 	struct fuzz *f = ctx;
-	fuzz_begin(f, FUZZ_PEND_HELLO);
+	fuzz_begin(f, FUZZ_PEND_HELLO, FUZZ_CMD_MAIL);
 	size_t n = strlen(helo);
 	FUZZ_CHECK(n > 0 && n < 256, "the HELO name is 1..255 bytes");
 	for (size_t i = 0; i < n; i++)
@@ -203,7 +231,6 @@ static void fuzz_backend_hello(void *ctx, const char *helo)
 static void fuzz_backend_command(void *ctx, const char *line, size_t len)
 {
 	struct fuzz *f = ctx;
-	fuzz_begin(f, FUZZ_PEND_COMMAND);
 	FUZZ_CHECK(len >= 2 && len <= SMTP_COMMAND_LINE_MAX, "a backend command is 2..512 octets");
 	FUZZ_CHECK(line[len - 2] == '\r' && line[len - 1] == '\n' && !memchr(line, '\n', len - 1) &&
 	                   !memchr(line, '\r', len - 2) && !memchr(line, '\0', len),
@@ -213,27 +240,30 @@ static void fuzz_backend_command(void *ctx, const char *line, size_t len)
 	enum smtp_verb v = smtp_parse_verb(line, len - 2, &args, &space);
 	size_t alen = len - 2 - (size_t)(args - line);
 	struct smtp_path p;
+	bool mail_pending = fuzz_pending_cmd(f, FUZZ_CMD_MAIL);
 	switch (v) {
 	case SMTP_VERB_MAIL:
-		FUZZ_CHECK(!f->tx, "MAIL to the backend only outside a transaction");
+		FUZZ_CHECK(!f->tx && !f->npend, "MAIL to the backend only outside a transaction");
 		FUZZ_CHECK(smtp_parse_path(args, alen, "FROM:", true, false, true, &p) == SMTP_PATH_OK,
 		           "the MAIL command sent to the backend is valid");
-		f->cmd = FUZZ_CMD_MAIL;
+		fuzz_begin(f, FUZZ_PEND_COMMAND, FUZZ_CMD_MAIL);
 		break;
 	case SMTP_VERB_RCPT:
-		FUZZ_CHECK(f->tx, "RCPT to the backend only inside a transaction");
+		FUZZ_CHECK(f->tx || mail_pending, "RCPT to the backend only inside a transaction");
 		FUZZ_CHECK(smtp_parse_path(args, alen, "TO:", false, true, true, &p) == SMTP_PATH_OK,
 		           "the RCPT command sent to the backend is valid");
-		f->cmd = FUZZ_CMD_RCPT;
+		fuzz_begin(f, FUZZ_PEND_COMMAND, FUZZ_CMD_RCPT);
 		break;
 	case SMTP_VERB_DATA:
 		FUZZ_CHECK(len == 6, "DATA without arguments");
-		FUZZ_CHECK(f->tx && f->rcpts > 0, "DATA to the backend only after an accepted RCPT");
-		f->cmd = FUZZ_CMD_DATA;
+		FUZZ_CHECK((f->tx || mail_pending) && (f->rcpts > 0 || fuzz_pending_cmd(f, FUZZ_CMD_RCPT)),
+		           "DATA to the backend only after an accepted (or awaited) RCPT");
+		fuzz_begin(f, FUZZ_PEND_COMMAND, FUZZ_CMD_DATA);
 		break;
 	case SMTP_VERB_RSET:
 		FUZZ_CHECK(len == 6, "RSET without arguments");
-		f->cmd = FUZZ_CMD_RSET;
+		FUZZ_CHECK(!f->npend, "RSET is not pipelined");
+		fuzz_begin(f, FUZZ_PEND_COMMAND, FUZZ_CMD_RSET);
 		break;
 	default:
 		FUZZ_CHECK(false, "only MAIL, RCPT, DATA and RSET go to the backend");
@@ -247,7 +277,7 @@ static void fuzz_backend_data(void *ctx, const char *buf, size_t len)
 {
 	struct fuzz *f = ctx;
 	FUZZ_CHECK(!f->closed, "no message data after the connection was closed");
-	FUZZ_CHECK(f->pending == FUZZ_PEND_NONE, "no message data while an answer is awaited");
+	FUZZ_CHECK(!f->npend, "no message data while an answer is awaited");
 	FUZZ_CHECK(f->data, "message data only after the backend's 354, before its end or abort");
 	FUZZ_CHECK(len >= 2 && buf[len - 2] == '\r' && buf[len - 1] == '\n',
 	           "message data ends at a CRLF boundary");
@@ -280,14 +310,14 @@ static void fuzz_backend_data_end(void *ctx, unsigned nrcpt)
 	FUZZ_CHECK(f->data, "the final dot only after the backend's 354, never after an abort");
 	FUZZ_CHECK(f->feeding && f->end_line, "the final dot only for the client's CRLF.CRLF");
 	FUZZ_CHECK(nrcpt == f->rcpts, "one verdict awaited per recipient the backend accepted");
-	fuzz_begin(f, FUZZ_PEND_DATA_END);
+	fuzz_begin(f, FUZZ_PEND_DATA_END, FUZZ_CMD_DATA);
 	f->data = false;
 }
 
 static void fuzz_backend_abort(void *ctx)
 {
 	struct fuzz *f = ctx;
-	FUZZ_CHECK(f->pending == FUZZ_PEND_NONE, "no abort while an answer is awaited");
+	FUZZ_CHECK(!f->npend, "no abort while an answer is awaited");
 	FUZZ_CHECK(f->data, "abort only a message in progress, once");
 	/* The relay drops the connection without the final dot. */
 	f->data = false;
@@ -308,7 +338,7 @@ static void fuzz_starttls(void *ctx)
 	struct fuzz *f = ctx;
 	FUZZ_CHECK(f->last_code == 220, "STARTTLS after its 220");
 	FUZZ_CHECK(!f->tx, "no STARTTLS inside a backend transaction");
-	fuzz_begin(f, FUZZ_PEND_TLS);
+	fuzz_begin(f, FUZZ_PEND_TLS, FUZZ_CMD_MAIL);
 	f->starttls_drop = true;
 }
 
@@ -422,15 +452,28 @@ static void fuzz_answer_hello(struct fuzz *f)
 	} else {
 		smtp_reply_set(&r, 250, "2.0.0 Ok");
 	}
-	f->pending = FUZZ_PEND_NONE;
+	fuzz_pop(f);
 	smtp_backend_hello(f->s, &r, caps);
 }
 
 static void fuzz_answer_command(struct fuzz *f)
 {
+	enum fuzz_cmd cmd = f->pcmd[0];
 	uint8_t b = fuzz_ctl(f);
 	bool lost;
-	int code = fuzz_code(f, b, f->cmd == FUZZ_CMD_DATA ? 354 : 250, &lost);
+	int code = fuzz_code(f, b, cmd == FUZZ_CMD_DATA ? 354 : 250, &lost);
+	/* relay.c answers everything sent on a connection that broke. */
+	if (f->lost_left) {
+		f->lost_left--;
+		lost = true;
+	} else if (lost) {
+		f->lost_left = f->npend - 1;
+	}
+	/* A real backend refuses what follows a refused MAIL or DATA with no
+	 * recipient (pipelined commands reach it regardless). */
+	if (!lost && ((cmd == FUZZ_CMD_RCPT && !f->tx) ||
+	              (cmd == FUZZ_CMD_DATA && (!f->tx || !f->rcpts))))
+		code = 503;
 	struct smtp_reply r;
 	if (lost) {
 		smtp_reply_set(&r, 451, "4.4.2 Backend connection lost, try again later");
@@ -441,24 +484,24 @@ static void fuzz_answer_command(struct fuzz *f)
 	/* What the backend now thinks. */
 	if (lost) {
 		fuzz_backend_gone(f);
-	} else if (f->cmd == FUZZ_CMD_MAIL) {
+	} else if (cmd == FUZZ_CMD_MAIL) {
 		f->tx = code / 100 == 2;
 		f->rcpts = 0;
-	} else if (f->cmd == FUZZ_CMD_RCPT) {
+	} else if (cmd == FUZZ_CMD_RCPT) {
 		f->rcpts += code / 100 == 2;
-	} else if (f->cmd == FUZZ_CMD_DATA && code == 354) {
+	} else if (cmd == FUZZ_CMD_DATA && code == 354) {
 		f->data = true;
 		f->received_next = true;
 		f->prev_crlf = true;
 		f->client_msg.len = 0;
 		f->backend_msg.len = 0;
 		f->client_clean = true;
-	} else if (f->cmd == FUZZ_CMD_RSET) {
+	} else if (cmd == FUZZ_CMD_RSET) {
 		f->tx = false;
 		f->rcpts = 0;
 	}
-	f->pending = FUZZ_PEND_NONE;
-	f->answering_data = f->cmd == FUZZ_CMD_DATA;
+	fuzz_pop(f);
+	f->answering_data = cmd == FUZZ_CMD_DATA;
 	smtp_backend_reply(f->s, &r);
 	f->answering_data = false;
 	if (f->data)
@@ -492,7 +535,7 @@ static void fuzz_answer_data_end(struct fuzz *f)
 	}
 	f->tx = false;
 	f->rcpts = 0;
-	f->pending = FUZZ_PEND_NONE;
+	fuzz_pop(f);
 	unsigned before = f->replies;
 	f->answering_end = true;
 	f->end_all_ok = all_ok;
@@ -508,7 +551,7 @@ static void fuzz_answer_data_end(struct fuzz *f)
 
 static void fuzz_answer(struct fuzz *f)
 {
-	switch (f->pending) {
+	switch (f->npend ? f->pend[0] : FUZZ_PEND_NONE) {
 	case FUZZ_PEND_HELLO:
 		fuzz_answer_hello(f);
 		break;
@@ -519,7 +562,7 @@ static void fuzz_answer(struct fuzz *f)
 		fuzz_answer_data_end(f);
 		break;
 	case FUZZ_PEND_TLS:
-		f->pending = FUZZ_PEND_NONE;
+		fuzz_pop(f);
 		if (fuzz_ctl(f) & 1) {
 			f->closed = true; /* handshake failed: session_close() */
 		} else {
@@ -572,9 +615,16 @@ static void fuzz_line(struct fuzz *f, const char *line, size_t len, unsigned fla
 static void fuzz_event(struct fuzz *f, uint8_t b)
 {
 	switch (b & 3) {
-	case 1: /* relay.c: the connection broke while no answer was awaited */
+	case 1: /* relay.c: the connection broke */
 		fuzz_backend_gone(f);
-		smtp_backend_failed(f->s);
+		if (!f->npend) {
+			smtp_backend_failed(f->s);
+			break;
+		}
+		/* every pipelined command still awaited is answered "lost", at once */
+		f->lost_left = f->npend;
+		while (f->npend && !f->closed && f->lost_left)
+			fuzz_answer(f);
 		break;
 	case 2: /* session.c: timeout */
 		smtp_goodbye(f->s, "4.4.2", "Timeout, closing connection", "timeout");
@@ -656,13 +706,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&fr, 0, sizeof fr);
 	unsigned commands = 0;
 	while (!f.closed) {
-		if (smtp_busy(f.s)) {
-			FUZZ_CHECK(smtp_delivering(f.s) == (f.pending == FUZZ_PEND_DATA_END),
+		bool end_awaited = f.npend && f.pend[0] == FUZZ_PEND_DATA_END;
+		if (smtp_busy(f.s) || f.lost_left) {
+			FUZZ_CHECK(smtp_delivering(f.s) == end_awaited,
 			           "delivering exactly while the verdict on the final dot is awaited");
 			fuzz_answer(&f);
 			continue;
 		}
-		FUZZ_CHECK(f.pending == FUZZ_PEND_NONE, "a backend call awaiting an answer keeps smtp busy");
+		FUZZ_CHECK(!f.npend || (f.pend[f.npend - 1] == FUZZ_PEND_COMMAND &&
+		                        (f.pcmd[f.npend - 1] == FUZZ_CMD_MAIL ||
+		                         f.pcmd[f.npend - 1] == FUZZ_CMD_RCPT)),
+		           "only an open pipelined group (MAIL, RCPT) leaves smtp free for more lines");
+		FUZZ_CHECK(smtp_waiting(f.s) == (f.npend > 0), "waiting exactly while answers are awaited");
 		FUZZ_CHECK(!smtp_delivering(f.s), "delivering only while the verdict is awaited");
 		FUZZ_CHECK(smtp_commands(f.s) >= commands, "the command count never goes back");
 		commands = smtp_commands(f.s);
@@ -680,6 +735,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				f.starttls_drop = false;
 				have = 0;
 			}
+			continue;
+		}
+		if (f.npend) {
+			/* The client has no whole line left: the backend answers. */
+			fuzz_answer(&f);
 			continue;
 		}
 		if (fed == clen)

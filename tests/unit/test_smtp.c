@@ -40,7 +40,10 @@ struct fake {
 	size_t llen;
 	char received[2048]; /* the last Received header given to the backend */
 	unsigned nreceived, nabort, nclose, nhello, nend, nstarttls;
-	enum fake_pending pending;
+	/* backend calls awaiting an answer, oldest first */
+	enum fake_pending pend[64];
+	unsigned npend;
+	bool backend_pipelining; /* the last hello answer offered PIPELINING */
 	bool drop_input; /* STARTTLS: the session drops what the client sent after it */
 };
 
@@ -126,10 +129,25 @@ static void fake_reply(void *ctx, const char *buf, size_t len)
 	fake_append(f->replies, &f->rlen, sizeof f->replies, buf, len);
 }
 
+/* Only commands may be pipelined (RFC 2920), and only to a backend that
+ * offered PIPELINING; a hello, STARTTLS or the final dot wait for all. */
 static void fake_begin(struct fake *f, const char *what, enum fake_pending p)
 {
-	CHECK_SILENT(f->pending == PEND_NONE, "%s while another backend call awaits its answer", what);
-	f->pending = p;
+	bool pipelined = p == PEND_COMMAND && f->backend_pipelining && f->npend &&
+	                 f->pend[f->npend - 1] == PEND_COMMAND;
+	CHECK_SILENT(f->npend == 0 || pipelined, "%s while another backend call awaits its answer",
+	             what);
+	if (f->npend < N_ELEMS(f->pend))
+		f->pend[f->npend++] = p;
+}
+
+static enum fake_pending fake_pop(struct fake *f)
+{
+	if (!f->npend)
+		return PEND_NONE;
+	enum fake_pending p = f->pend[0];
+	memmove(f->pend, f->pend + 1, --f->npend * sizeof f->pend[0]);
+	return p;
 }
 
 static void fake_backend_hello(void *ctx, const char *helo)
@@ -153,7 +171,7 @@ static void fake_backend_command(void *ctx, const char *line, size_t len)
 static void fake_backend_data(void *ctx, const char *buf, size_t len)
 {
 	struct fake *f = ctx;
-	CHECK_SILENT(f->pending == PEND_NONE, "data while a backend answer is awaited");
+	CHECK_SILENT(f->npend == 0, "data while a backend answer is awaited");
 	CHECK_SILENT(len >= 2 && buf[len - 2] == '\r' && buf[len - 1] == '\n', "data is CRLF lines");
 	if (fake_starts(buf, len, "Received: ")) {
 		f->nreceived++;
@@ -286,13 +304,13 @@ static void t_pump(struct t *t);
  * given to smtp_tls_started). */
 static void t_answer_now(struct t *t, const char *answer)
 {
-	enum fake_pending p = t->f.pending;
-	t->f.pending = PEND_NONE;
+	enum fake_pending p = fake_pop(&t->f);
 	struct smtp_reply r;
 	unsigned caps;
 	switch (p) {
 	case PEND_HELLO:
 		t_parse_reply(answer, &r, &caps);
+		t->f.backend_pipelining = caps & SMTP_EXT_PIPELINING;
 		smtp_backend_hello(t->s, &r, caps);
 		break;
 	case PEND_COMMAND:
@@ -320,28 +338,37 @@ static void t_answer_now(struct t *t, const char *answer)
 }
 
 /* Frames and feeds client bytes while the machine is not busy, giving
- * scripted answers when it is; stops like the session does once closed. */
+ * scripted answers when it is, or when it awaits answers and the client has
+ * no whole line left (a backend slower than the client: pipelined groups
+ * reach it whole); stops like the session does once closed. */
 static void t_pump(struct t *t)
 {
 	for (;;) {
 		if (t->f.nclose)
 			break;
+		bool scripted = t->script && t->script[t->iscript];
 		if (smtp_busy(t->s)) {
-			if (t->script && t->script[t->iscript]) {
+			if (scripted) {
 				t_answer_now(t, t->script[t->iscript++]);
 				continue;
 			}
 			break;
 		}
-		if (t->inlen == 0)
-			break;
 		size_t limit = smtp_in_data(t->s) ? SMTP_TEXT_LINE_MAX : SMTP_COMMAND_LINE_MAX;
-		const char *line;
-		size_t len;
-		unsigned flags;
-		size_t used = smtp_frame(&t->fr, t->in, t->inlen, limit, &line, &len, &flags);
-		if (used == 0)
+		const char *line = NULL;
+		size_t len = 0;
+		unsigned flags = 0;
+		struct smtp_framer before = t->fr;
+		size_t used = t->inlen ? smtp_frame(&t->fr, t->in, t->inlen, limit, &line, &len, &flags)
+		                       : 0;
+		if (used == 0) {
+			t->fr = before;
+			if (scripted && t->f.npend) {
+				t_answer_now(t, t->script[t->iscript++]);
+				continue;
+			}
 			break;
+		}
 		if (line) {
 			/* An exact-size copy, scribbled over afterwards: the machine
 			 * must neither read past the line nor keep a pointer to it. */
@@ -435,6 +462,10 @@ static const char *t_log(struct t *t)
 #define RCPT_EF "RCPT TO:<e@f.example>\r\n"
 #define OK_MAIL "250 2.1.0 Ok"
 #define OK_RCPT "250 2.1.5 Ok"
+/* caps known, but no PIPELINING: one command at a time */
+#define LHLO_NOPIPE "250-backend.example\n250 ENHANCEDSTATUSCODES"
+#define LOST "!451 4.4.2 Backend connection lost, try again later"
+#define R_LOST "451 4.4.2 Backend connection lost, try again later\r\n"
 #define GO "354 Go ahead"
 #define R_MAIL "250 2.1.0 Ok\r\n"
 #define R_RCPT "250 2.1.5 Ok\r\n"
@@ -581,10 +612,20 @@ static const struct tcase tcases[] = {
 	  GREET EHLO_ALL "555 5.5.4 Malformed or too many parameters\r\n", HELLO },
 	{ "mail: malformed parameter", NULL, B(EHLO_C "MAIL FROM:<a@b.example> =x\r\n"), A(LHLO_ALL),
 	  GREET EHLO_ALL "555 5.5.4 Malformed or too many parameters\r\n", HELLO },
-	{ "mail refused by the backend", NULL, B(EHLO_C MAIL_AB RCPT_CD),
-	  A(LHLO_ALL, "451 4.3.0 Try again later"),
-	  GREET EHLO_ALL "451 4.3.0 Try again later\r\n503 5.5.1 Need MAIL command first\r\n",
+	{ "mail refused by the backend, pipelined RCPT refused by it too", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD), A(LHLO_ALL, "451 4.3.0 Try again later", "503 5.5.1 MAIL needed first"),
+	  GREET EHLO_ALL "451 4.3.0 Try again later\r\n503 5.5.1 MAIL needed first\r\n",
+	  HELLO L_MAIL L_RCPT_CD },
+	{ "mail refused by a backend without PIPELINING", NULL, B(EHLO_C MAIL_AB RCPT_CD),
+	  A(LHLO_NOPIPE, "451 4.3.0 Try again later"),
+	  GREET EHLO_MIN "451 4.3.0 Try again later\r\n503 5.5.1 Need MAIL command first\r\n",
 	  HELLO L_MAIL },
+	{ "mail refused, then a pipelined RCPT accepted: the backend lost track", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD "DATA\r\n"),
+	  A(LHLO_ALL, "451 4.3.0 Try again later", OK_RCPT, "503 5.5.1 MAIL first"),
+	  GREET EHLO_ALL "451 4.3.0 Try again later\r\n451 4.4.2 Backend protocol error, try again later\r\n"
+	                 "503 5.5.1 MAIL first\r\n",
+	  HELLO L_MAIL L_RCPT_CD "cmd:DATA\r\n" },
 	{ "mail refused by the backend, then accepted", NULL, B(EHLO_C MAIL_AB MAIL_AB RCPT_CD),
 	  A(LHLO_ALL, "451 4.3.0 Try again later", OK_MAIL, OK_RCPT),
 	  GREET EHLO_ALL "451 4.3.0 Try again later\r\n" R_MAIL R_RCPT, HELLO L_MAIL L_MAIL L_RCPT_CD },
@@ -644,24 +685,37 @@ static const struct tcase tcases[] = {
 	{ "rcpt: refused ones do not count against max_recipients", CONF("max_recipients = 1\n"),
 	  B(EHLO_C MAIL_AB RCPT_CD RCPT_EF), A(LHLO_ALL, OK_MAIL, "550 5.1.1 no", OK_RCPT),
 	  GREET EHLO_ALL R_MAIL "550 5.1.1 no\r\n" R_RCPT, HELLO L_MAIL L_RCPT_CD L_RCPT_EF },
-	{ "rcpt: the backend connection was lost", NULL, B(EHLO_C MAIL_AB RCPT_CD RCPT_EF "DATA\r\n"),
-	  A(LHLO_ALL, OK_MAIL, "!451 4.4.2 Backend connection lost, try again later"),
-	  GREET EHLO_ALL R_MAIL "451 4.4.2 Backend connection lost, try again later\r\n"
-	                        "451 4.4.2 Backend connection lost, try again later\r\n"
-	                        "554 5.5.1 No valid recipients\r\n",
+	{ "rcpt: the backend connection was lost under a pipelined group", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD RCPT_EF "DATA\r\n"), A(LHLO_ALL, OK_MAIL, LOST, LOST, LOST),
+	  GREET EHLO_ALL R_MAIL R_LOST R_LOST R_LOST,
+	  HELLO L_MAIL L_RCPT_CD L_RCPT_EF "cmd:DATA\r\n" },
+	{ "rcpt: the connection to a backend without PIPELINING was lost", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD RCPT_EF "DATA\r\n"), A(LHLO_NOPIPE, OK_MAIL, LOST),
+	  GREET EHLO_MIN R_MAIL R_LOST R_LOST "554 5.5.1 No valid recipients\r\n",
 	  HELLO L_MAIL L_RCPT_CD },
 	{ "rcpt: lost after one recipient was accepted", NULL,
 	  B(EHLO_C MAIL_AB RCPT_CD RCPT_EF "DATA\r\nRSET\r\n" MAIL_AB),
-	  A(LHLO_ALL, OK_MAIL, OK_RCPT, "!451 4.4.2 Backend connection lost, try again later", OK_MAIL),
-	  GREET EHLO_ALL R_MAIL R_RCPT "451 4.4.2 Backend connection lost, try again later\r\n"
-	                               "451 4.4.2 Backend connection lost, try again later\r\n" R_OK250
-	                               R_MAIL,
-	  HELLO L_MAIL L_RCPT_CD L_RCPT_EF L_MAIL },
+	  A(LHLO_ALL, OK_MAIL, OK_RCPT, LOST, LOST, OK_MAIL),
+	  GREET EHLO_ALL R_MAIL R_RCPT R_LOST R_LOST R_OK250 R_MAIL,
+	  HELLO L_MAIL L_RCPT_CD L_RCPT_EF "cmd:DATA\r\n" L_MAIL },
+	{ "rcpt: a local refusal waits for the answers before it", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD "RCPT TO:<bad\r\n" RCPT_EF "NOOP\r\nDATA\r\n"),
+	  A(LHLO_ALL, OK_MAIL, OK_RCPT, OK_RCPT, GO),
+	  GREET EHLO_ALL R_MAIL R_RCPT "501 5.5.4 Syntax: RCPT TO:<address>\r\n" R_RCPT R_OK250 R_354,
+	  HELLO L_MAIL L_RCPT_CD L_RCPT_EF "cmd:DATA\r\ndata:[Received]\n" },
 
 	/* ---- DATA ---- */
-	{ "data: no accepted recipient", NULL, B(EHLO_C MAIL_AB RCPT_CD "DATA\r\n"),
-	  A(LHLO_ALL, OK_MAIL, "550 5.1.1 no"),
+	{ "data: no accepted recipient, DATA pipelined", NULL, B(EHLO_C MAIL_AB RCPT_CD "DATA\r\n"),
+	  A(LHLO_ALL, OK_MAIL, "550 5.1.1 no", "503 5.5.1 No valid recipients"),
+	  GREET EHLO_ALL R_MAIL "550 5.1.1 no\r\n503 5.5.1 No valid recipients\r\n",
+	  HELLO L_MAIL L_RCPT_CD "cmd:DATA\r\n" },
+	{ "data: 354 for a transaction with no accepted recipient", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD "DATA\r\n"), A(LHLO_ALL, OK_MAIL, "550 5.1.1 no", GO),
 	  GREET EHLO_ALL R_MAIL "550 5.1.1 no\r\n554 5.5.1 No valid recipients\r\n",
+	  HELLO L_MAIL L_RCPT_CD "cmd:DATA\r\nabort\n" },
+	{ "data: no accepted recipient, backend without PIPELINING", NULL,
+	  B(EHLO_C MAIL_AB RCPT_CD "DATA\r\n"), A(LHLO_NOPIPE, OK_MAIL, "550 5.1.1 no"),
+	  GREET EHLO_MIN R_MAIL "550 5.1.1 no\r\n554 5.5.1 No valid recipients\r\n",
 	  HELLO L_MAIL L_RCPT_CD },
 	{ "data: with an argument", NULL, B(EHLO_C MAIL_AB RCPT_CD "DATA x\r\n"),
 	  A(LHLO_ALL, OK_MAIL, OK_RCPT), GREET EHLO_ALL R_MAIL R_RCPT "501 5.5.4 Syntax: DATA\r\n",
@@ -833,7 +887,8 @@ static void test_busy_during_hello(void)
 	t_answer(t, LHLO_ALL);
 	CHECK_STR_EQ(t_replies(t), EHLO_ALL);
 	CHECK_STR_EQ(t_log(t), L_MAIL);
-	CHECK(smtp_busy(t->s), "busy while MAIL is at the backend");
+	CHECK(!smtp_busy(t->s), "a pipelined group may go on while MAIL is at the backend");
+	CHECK(smtp_waiting(t->s), "waiting for the backend's answer to MAIL");
 	t_answer(t, OK_MAIL);
 	CHECK_STR_EQ(t_replies(t), R_MAIL);
 	CHECK(!smtp_busy(t->s), "");
@@ -846,7 +901,7 @@ static void test_busy_during_hello(void)
 	if (!t)
 		return;
 	t_send(t, EHLO_C);
-	t->f.pending = PEND_NONE;
+	fake_pop(&t->f);
 	struct smtp_reply r;
 	smtp_reply_set(&r, 421, "4.4.1 Backend unavailable");
 	smtp_backend_hello(t->s, &r, SMTP_EXT_SMTPUTF8 | SMTP_EXT_DSN | SMTP_EXT_SIZE);
@@ -862,7 +917,7 @@ static void test_busy_during_hello(void)
 
 static void test_pipelining_steps(void)
 {
-	check_case("pipelining: replies in order, one backend answer at a time");
+	check_case("pipelining: a group goes to the backend whole, replies in order");
 	struct t *t = t_new(NULL, NULL);
 	if (!t)
 		return;
@@ -871,20 +926,18 @@ static void test_pipelining_steps(void)
 	t_replies(t);
 	t_log(t);
 	t_send(t, MAIL_AB RCPT_CD "RCPT TO:<x@y.example>\r\n" RCPT_EF "DATA\r\n");
-	CHECK_STR_EQ(t_log(t), L_MAIL);
+	CHECK_STR_EQ(t_log(t), L_MAIL L_RCPT_CD "cmd:RCPT TO:<x@y.example>\r\n" L_RCPT_EF "cmd:DATA\r\n");
 	CHECK_STR_EQ(t_replies(t), "");
+	CHECK(smtp_busy(t->s), "DATA ends the group: busy until its answer");
 	t_answer(t, OK_MAIL);
 	CHECK_STR_EQ(t_replies(t), R_MAIL);
-	CHECK_STR_EQ(t_log(t), L_RCPT_CD);
 	t_answer(t, OK_RCPT);
 	CHECK_STR_EQ(t_replies(t), R_RCPT);
-	CHECK_STR_EQ(t_log(t), "cmd:RCPT TO:<x@y.example>\r\n");
 	t_answer(t, "550 5.1.1 <x@y.example> User doesn't exist");
 	CHECK_STR_EQ(t_replies(t), "550 5.1.1 <x@y.example> User doesn't exist\r\n");
-	CHECK_STR_EQ(t_log(t), L_RCPT_EF);
 	t_answer(t, "450 4.2.0 Try later");
 	CHECK_STR_EQ(t_replies(t), "450 4.2.0 Try later\r\n");
-	CHECK_STR_EQ(t_log(t), "cmd:DATA\r\n");
+	CHECK_STR_EQ(t_log(t), "");
 	CHECK(!smtp_in_data(t->s), "not in DATA before the 354");
 	t_answer(t, GO);
 	CHECK(smtp_in_data(t->s), "in DATA after the 354");
@@ -902,6 +955,48 @@ static void test_pipelining_steps(void)
 	t_answer(t, OK_MAIL);
 	CHECK_STR_EQ(t_replies(t), R_MAIL "221 2.0.0 " HOST " Bye\r\n");
 	CHECK_STR_EQ(t_log(t), "close:quit\n");
+	t_free(t);
+}
+
+static void test_no_pipelining_backend(void)
+{
+	check_case("backend without PIPELINING: one command at a time");
+	struct t *t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	t_send(t, EHLO_C);
+	t_answer(t, LHLO_NOPIPE);
+	CHECK_STR_EQ(t_replies(t), GREET EHLO_MIN);
+	t_log(t);
+	t_send(t, MAIL_AB RCPT_CD RCPT_EF "DATA\r\n");
+	CHECK_STR_EQ(t_log(t), L_MAIL);
+	CHECK(smtp_busy(t->s), "busy while MAIL is at the backend");
+	t_answer(t, OK_MAIL);
+	CHECK_STR_EQ(t_log(t), L_RCPT_CD);
+	t_answer(t, OK_RCPT);
+	CHECK_STR_EQ(t_log(t), L_RCPT_EF);
+	t_answer(t, "550 5.1.1 no");
+	CHECK_STR_EQ(t_log(t), "cmd:DATA\r\n");
+	t_answer(t, GO);
+	CHECK_STR_EQ(t_replies(t), R_MAIL R_RCPT "550 5.1.1 no\r\n" R_354);
+	t_free(t);
+
+	check_case("pipelining: no more than SMTP_PIPE_MAX answers awaited");
+	t = t_new("max_recipients = 100\n", NULL);
+	if (!t)
+		return;
+	t_send(t, EHLO_C);
+	t_answer(t, LHLO_ALL);
+	t_log(t);
+	char group[64 * 40] = MAIL_AB;
+	for (int i = 0; i < 60; i++)
+		snprintf(group + strlen(group), sizeof group - strlen(group), "RCPT TO:<u%d@d.example>\r\n", i);
+	t_send(t, group);
+	CHECK(smtp_busy(t->s), "busy with the queue full");
+	unsigned sent = 0;
+	for (const char *p = t_log(t); (p = strstr(p, "cmd:")); p++)
+		sent++;
+	CHECK_INT_EQ(sent, 32);
 	t_free(t);
 }
 
@@ -1640,6 +1735,7 @@ int main(void)
 	test_transcripts();
 	test_busy_during_hello();
 	test_pipelining_steps();
+	test_no_pipelining_backend();
 	test_rset_waits();
 	test_received();
 	test_data_limits();
