@@ -10,8 +10,8 @@
 
 #include "log.h"
 
-#define RELAY_CHUNK (64 * 1024)
-#define RELAY_LOW_WATER (64 * 1024)
+#define RELAY_CHUNK (16 * 1024)
+#define RELAY_LOW_WATER (32 * 1024)
 #define RELAY_REPLY_LINE_MAX 2048
 
 enum relay_state {

@@ -26,7 +26,7 @@ struct relay_cbs {
 	void (*drained)(void *ctx);
 };
 
-#define RELAY_HIGH_WATER (256 * 1024)
+#define RELAY_HIGH_WATER (64 * 1024)
 
 struct relay;
 
