@@ -190,7 +190,9 @@ static void relay_write_cb(uv_write_t *req, int status)
 	}
 	r->pending -= len;
 	if (r->state == RELAY_DATA) {
-		if (r->pending)
+		/* Only bytes handed to the socket are the backend's to take;
+		 * what is still gathered waits for the client. */
+		if (r->pending > (r->wcur ? r->wcur->len : 0))
 			relay_arm(r, r->cfg->backend_timeout_ms);
 		else
 			uv_timer_stop(&r->timer);
@@ -421,17 +423,9 @@ static void relay_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	buf->len = sizeof c->in - c->inlen;
 }
 
-static void relay_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* Takes every whole reply line read so far. */
+static void relay_read_lines(struct relay *r, struct relay_conn *c)
 {
-	struct relay_conn *c = stream->data;
-	struct relay *r = c->r;
-	if (!r || nread == 0)
-		return;
-	if (nread < 0) {
-		relay_fail(r, nread == UV_EOF ? "backend closed the connection" : uv_strerror((int)nread));
-		return;
-	}
-	c->inlen += (size_t)nread;
 	size_t off = 0;
 	for (;;) {
 		const char *line;
@@ -450,6 +444,23 @@ static void relay_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *bu
 	}
 	memmove(c->in, c->in + off, c->inlen - off);
 	c->inlen -= off;
+}
+
+static void relay_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct relay_conn *c = stream->data;
+	struct relay *r = c->r;
+	if (!r || nread == 0)
+		return;
+	if (nread < 0) {
+		relay_fail(r, nread == UV_EOF ? "backend closed the connection" : uv_strerror((int)nread));
+		return;
+	}
+	c->inlen += (size_t)nread;
+	/* r stays allocated through the callbacks (relay_free only marks it). */
+	r->cbs->batch(r->ctx, true);
+	relay_read_lines(r, c);
+	r->cbs->batch(r->ctx, false);
 }
 
 static void relay_connect_cb(uv_connect_t *req, int status)

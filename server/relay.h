@@ -24,6 +24,10 @@ struct relay_cbs {
 	/* Buffered output fell below the low-water mark after relay_pending()
 	 * had exceeded RELAY_HIGH_WATER. */
 	void (*drained)(void *ctx);
+	/* Brackets the answers found in one read from the backend (true, then
+	 * false), so that the client's replies to a pipelined group can leave
+	 * in one write. */
+	void (*batch)(void *ctx, bool begin);
 };
 
 #define RELAY_HIGH_WATER (64 * 1024)
@@ -54,7 +58,7 @@ void relay_data_end(struct relay *r, unsigned nrcpt);
 
 /* Drops the connection without a final dot: nothing is delivered. */
 void relay_abort(struct relay *r);
-
+/* Writes what relay_command and relay_data gathered. */
 /* Writes what relay_data queued. */
 void relay_flush(struct relay *r);
 

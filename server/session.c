@@ -49,6 +49,7 @@ struct session {
 	bool processing;
 	bool again;
 	bool draining; /* graceful stop: close as soon as smtp is idle */
+	bool batching; /* taking a read's worth of backend answers: flush after */
 	bool pregreet; /* greeting_delay running: any byte now is an early talker */
 
 	char *out; /* replies not yet handed to uv_write, owned */
@@ -121,7 +122,7 @@ static void session_write(struct session *s, char **buf, size_t *len, size_t *ca
 /* Writes queued replies (encrypted once TLS is up) and backend data. */
 static void session_flush(struct session *s)
 {
-	if (s->closing)
+	if (s->closing || s->batching)
 		return;
 	if (s->relay)
 		relay_flush(s->relay);
@@ -271,12 +272,21 @@ static void session_relay_drained(void *ctx)
 	session_process(ctx);
 }
 
+static void session_relay_batch(void *ctx, bool begin)
+{
+	struct session *s = ctx;
+	s->batching = begin;
+	if (!begin)
+		session_flush(s);
+}
+
 static const struct relay_cbs session_relay_cbs = {
 	.hello = session_relay_hello,
 	.reply = session_relay_reply,
 	.data_done = session_relay_data_done,
 	.failed = session_relay_failed,
 	.drained = session_relay_drained,
+	.batch = session_relay_batch,
 };
 
 /* ---- input ---- */

@@ -86,6 +86,7 @@ struct smtp {
 
 	/* message data */
 	uint64_t size;
+	bool received_due;       /* the Received header goes out with the first line */
 	bool prev_crlf;          /* the previous data line ended with CRLF */
 	struct smtp_reply bad;   /* code != 0: the message will be refused with this */
 };
@@ -211,6 +212,7 @@ static void smtp_tx_reset(struct smtp *s)
 	s->tx_utf8 = false;
 	s->size = 0;
 	s->bad.code = 0;
+	s->received_due = false;
 	if (s->state == SMTP_STATE_MAIL || s->state == SMTP_STATE_DATA)
 		s->state = SMTP_STATE_READY;
 }
@@ -619,6 +621,11 @@ static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigne
 {
 	bool end = len == 3 && memcmp(line, ".\r\n", 3) == 0 && s->prev_crlf && flags == 0;
 	bool after_bare = !s->prev_crlf;
+	if (s->received_due) {
+		s->received_due = false;
+		if (!s->bad.code) /* refused already: nothing more goes to the backend */
+			smtp_send_received(s);
+	}
 	s->prev_crlf = !(flags & SMTP_LINE_BARE_LF);
 	if (end) {
 		if (s->bad.code) {
@@ -865,7 +872,9 @@ static void smtp_data_answered(struct smtp *s, const struct smtp_reply *r)
 		s->size = 0;
 		s->bad.code = 0;
 		smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
-		smtp_send_received(s);
+		/* Sent with the first line: header and message then leave for
+		 * the backend together (a small one with its final dot too). */
+		s->received_due = true;
 		return;
 	}
 	if (r->code / 100 == 2 || r->code / 100 == 3) {
