@@ -12,90 +12,11 @@
 #include <time.h>
 
 #include "log.h"
-
-enum smtp_state {
-	SMTP_STATE_GREETED, /* no HELO/EHLO yet */
-	SMTP_STATE_READY,   /* HELO done, no transaction */
-	SMTP_STATE_MAIL,    /* MAIL accepted: RCPTs and DATA */
-	SMTP_STATE_DATA,    /* receiving message data */
-	SMTP_STATE_CLOSED,  /* QUIT, 421 or timeout: ignore the rest */
-};
-
-enum smtp_wait {
-	SMTP_WAIT_NONE,
-	SMTP_WAIT_RSET_HELLO, /* backend RSET before answering EHLO/HELO */
-	SMTP_WAIT_HELLO,
-	SMTP_WAIT_MAIL,
-	SMTP_WAIT_RCPT,
-	SMTP_WAIT_DATA,
-	SMTP_WAIT_DATA_END,
-	SMTP_WAIT_RSET,
-	SMTP_WAIT_TLS, /* STARTTLS accepted, handshake in progress */
-};
-
-/* Backend answers awaited, oldest first. With a backend that offers
- * PIPELINING, MAIL and RCPT go out without waiting for the previous answer
- * (RFC 2920), and DATA may follow them; anything else waits until every
- * answer is in. SMTP_PIPE_MAX bounds what a client can have outstanding. */
-#define SMTP_PIPE_MAX 32
-
-struct smtp_await {
-	enum smtp_wait what;
-	char *rcpt; /* SMTP_WAIT_RCPT: the address, owned */
-};
-
-struct smtp {
-	const struct config *cfg;
-	const struct smtp_ops *ops;
-	void *ctx;
-	const char *id;
-	const char *client_ip;
-
-	enum smtp_state state;
-	struct smtp_await q[SMTP_PIPE_MAX];
-	unsigned qhead, qlen;
-	unsigned rcpts_waiting; /* RCPTs in q */
-	/* A line that must wait for the answers in q before it is taken (a
-	 * command that is not pipelined, or one whose local reply would
-	 * overtake them): kept here, so that replies leave in order. */
-	bool deferring;
-	bool deferred;
-	unsigned deferred_flags;
-	size_t deferred_len;
-	char deferred_line[SMTP_COMMAND_LINE_MAX];
-	char helo[256];
-	bool esmtp;
-	bool caps_known; /* the backend answered a hello: caps are real */
-	unsigned caps;
-	unsigned errors;
-	unsigned junk;
-	unsigned commands;
-	unsigned ntx;
-	bool tls_available;
-	bool tls;           /* TLS is active */
-	char tls_info[160]; /* for Received: "TLS1.3 AES-128-GCM sni=..." */
-
-	/* the transaction */
-	char from[SMTP_COMMAND_LINE_MAX];
-	bool backend_tx;   /* the backend accepted MAIL and has not finished */
-	bool backend_lost; /* the backend connection broke during this transaction */
-	bool tx_utf8;      /* MAIL had SMTPUTF8 (RFC 6531): UTF-8 recipients allowed */
-	char **rcpts;      /* accepted recipients, owned */
-	unsigned nrcpt;
-	unsigned refused;
-
-	/* message data */
-	uint64_t size;
-	bool received_due;       /* the Received header goes out with the first line */
-	bool prev_crlf;          /* the previous data line ended with CRLF */
-	struct smtp_reply bad;   /* code != 0: the message will be refused with this */
-};
+#include "smtp_int.h"
 
 /* ---- replies ---- */
 
-static void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void smtp_send(struct smtp *s, const char *fmt, ...)
+void smtp_send(struct smtp *s, const char *fmt, ...)
 {
 	char buf[1024];
 	va_list ap;
@@ -113,7 +34,7 @@ static void smtp_send(struct smtp *s, const char *fmt, ...)
 
 /* Formats R for the client, adding a generic enhanced status code to lines
  * without one (RFC 2034: every reply carries one). */
-static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
+void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 {
 	/* Worst case: every text byte a line of its own, each with "NNN-c.0.0 "
 	 * and CRLF added: 13 bytes of overhead per line. */
@@ -143,7 +64,7 @@ static void smtp_send_reply(struct smtp *s, const struct smtp_reply *r)
 	s->ops->reply(s->ctx, buf, o);
 }
 
-static void smtp_error(struct smtp *s, const char *reply)
+void smtp_error(struct smtp *s, const char *reply)
 {
 	smtp_send(s, "%s", reply);
 	if (++s->errors >= s->cfg->max_errors && s->state != SMTP_STATE_CLOSED) {
@@ -158,7 +79,7 @@ static void smtp_error(struct smtp *s, const char *reply)
 
 /* Records that an answer of kind WHAT is awaited; call before the op that
  * asks for it, since the answer may come before the op returns. */
-static void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt)
+void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt)
 {
 	assert(s->qlen < SMTP_PIPE_MAX);
 	struct smtp_await *a = &s->q[(s->qhead + s->qlen++) % SMTP_PIPE_MAX];
@@ -168,12 +89,12 @@ static void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt)
 		s->rcpts_waiting++;
 }
 
-static enum smtp_wait smtp_awaiting(const struct smtp *s)
+enum smtp_wait smtp_awaiting(const struct smtp *s)
 {
 	return s->qlen ? s->q[s->qhead].what : SMTP_WAIT_NONE;
 }
 
-static struct smtp_await smtp_await_pop(struct smtp *s)
+struct smtp_await smtp_await_pop(struct smtp *s)
 {
 	struct smtp_await a = s->q[s->qhead];
 	s->qhead = (s->qhead + 1) % SMTP_PIPE_MAX;
@@ -185,7 +106,7 @@ static struct smtp_await smtp_await_pop(struct smtp *s)
 
 /* A local reply is about to be given while backend answers are awaited:
  * the line is set aside instead. Returns true when it was. */
-static bool smtp_defer(struct smtp *s)
+bool smtp_defer(struct smtp *s)
 {
 	if (!s->qlen)
 		return false;
@@ -200,7 +121,7 @@ static bool smtp_pipelining(const struct smtp *s)
 
 /* ---- transaction ---- */
 
-static void smtp_tx_reset(struct smtp *s)
+void smtp_tx_reset(struct smtp *s)
 {
 	for (unsigned i = 0; i < s->nrcpt; i++)
 		free(s->rcpts[i]);
@@ -217,7 +138,7 @@ static void smtp_tx_reset(struct smtp *s)
 		s->state = SMTP_STATE_READY;
 }
 
-static void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
+void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
 {
 	char from[300], reply[300], text[SMTP_REPLY_TEXT_MAX + 8];
 	int n = snprintf(text, sizeof text, "%d %s", r->code, r->text);
@@ -491,220 +412,6 @@ static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
 	}
 }
 
-/* ---- DATA ---- */
-
-static void smtp_send_received(struct smtp *s)
-{
-	/* Every field is bounded (HELO 255, address 512, names 253, TLS info
-	 * 160), so the header always fits: it is never dropped. */
-	char date[64], hdr[2048];
-	time_t now = time(NULL);
-	struct tm tm;
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	bool v6 = strchr(s->client_ip, ':') != NULL;
-	char with[200];
-	/* RFC 3848 "ESMTPS"; the TLS details as a comment (RFC 8314 4.3 style). */
-	if (s->tls)
-		snprintf(with, sizeof with, "%s (%s)", s->esmtp ? "ESMTPS" : "SMTPS", s->tls_info);
-	else
-		snprintf(with, sizeof with, "%s", s->esmtp ? "ESMTP" : "SMTP");
-	int n;
-	/* RFC 5321 4.4; "for" only names a single recipient, never a list. */
-	if (s->nrcpt == 1)
-		n = snprintf(hdr, sizeof hdr,
-		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u\r\n"
-		             "\tfor <%s>; %s\r\n",
-		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname, with, s->id,
-		             s->ntx, s->rcpts[0], date);
-	else
-		n = snprintf(hdr, sizeof hdr,
-		             "Received: from %s ([%s%s])\r\n\tby %s (mxfront) with %s id %s.%u;\r\n"
-		             "\t%s\r\n",
-		             s->helo, v6 ? "IPv6:" : "", s->client_ip, s->cfg->hostname, with, s->id,
-		             s->ntx, date);
-	assert(n > 0 && (size_t)n < sizeof hdr);
-	s->ops->backend_data(s->ctx, hdr, (size_t)n);
-}
-
-static void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
-{
-	bool local = len || s->state != SMTP_STATE_MAIL || (s->nrcpt == 0 && !s->rcpts_waiting) ||
-	             s->backend_lost;
-	if (local && smtp_defer(s))
-		return;
-	if (len) {
-		smtp_error(s, "501 5.5.4 Syntax: DATA");
-		return;
-	}
-	if (s->state != SMTP_STATE_MAIL) {
-		smtp_error(s, s->state == SMTP_STATE_GREETED ? "503 5.5.1 Send EHLO or HELO first"
-		                                             : "503 5.5.1 Need MAIL command first");
-		return;
-	}
-	if (s->nrcpt == 0 && !s->rcpts_waiting) {
-		/* RFC 2920 3.1: with pipelining, DATA after refused RCPTs. */
-		smtp_error(s, "554 5.5.1 No valid recipients");
-		return;
-	}
-	if (s->backend_lost) {
-		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
-		return;
-	}
-	/* Sent even while RCPT answers are awaited: if none is accepted, the
-	 * backend refuses DATA itself. */
-	smtp_await(s, SMTP_WAIT_DATA, NULL);
-	s->ops->backend_command(s->ctx, "DATA\r\n", 6);
-}
-
-/* Marks the message as refused with CODE/TEXT; the backend's copy is dropped. */
-static void smtp_data_refuse(struct smtp *s, int code, const char *text)
-{
-	if (s->bad.code)
-		return;
-	smtp_reply_set(&s->bad, code, text);
-	if (!s->backend_lost)
-		s->ops->backend_abort(s->ctx);
-	s->backend_lost = true;
-}
-
-static void smtp_data_finish(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
-{
-	smtp_send_reply(s, r);
-	smtp_log_tx(s, r, delivered);
-	smtp_tx_reset(s);
-}
-
-/* [smtp] bare_newline = normalize: every bare CR or LF leaves as CRLF, so
- * the backend still gets canonical lines. The end of DATA is not affected:
- * only a real CRLF.CRLF ends it, and mxfront never forwards that line. So
- * any line that comes out of this as a lone "." is an anomaly and is
- * stuffed to "..": the backend must not see an end of data that mxfront
- * did not see. */
-static void smtp_data_normalized(struct smtp *s, const char *line, size_t len)
-{
-	char out[SMTP_TEXT_LINE_MAX * 3];
-	size_t o = 0;
-	bool fresh = true;
-	for (size_t i = 0; i < len; i++) {
-		if (fresh && line[i] == '.' &&
-		    (i + 1 == len || line[i + 1] == '\r' || line[i + 1] == '\n'))
-			out[o++] = '.';
-		fresh = false;
-		if (line[i] == '\r' && i + 1 < len && line[i + 1] == '\n') {
-			out[o++] = '\r';
-			out[o++] = '\n';
-			i++;
-		} else if (line[i] == '\r' || line[i] == '\n') {
-			out[o++] = '\r';
-			out[o++] = '\n';
-			fresh = true;
-		} else {
-			out[o++] = line[i];
-		}
-	}
-	/* Adding CRs may push a line past the limit the backend may enforce. */
-	size_t start = 0;
-	for (size_t i = 1; i < o; i++) {
-		if (out[i] == '\n') {
-			if (i + 1 - start > SMTP_TEXT_LINE_MAX) {
-				smtp_data_refuse(s, 554, "5.6.0 Message has a line longer than 1000 octets");
-				return;
-			}
-			start = i + 1;
-		}
-	}
-	s->ops->backend_data(s->ctx, out, o);
-}
-
-static void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags)
-{
-	bool end = len == 3 && memcmp(line, ".\r\n", 3) == 0 && s->prev_crlf && flags == 0;
-	bool after_bare = !s->prev_crlf;
-	if (s->received_due) {
-		s->received_due = false;
-		if (!s->bad.code) /* refused already: nothing more goes to the backend */
-			smtp_send_received(s);
-	}
-	s->prev_crlf = !(flags & SMTP_LINE_BARE_LF);
-	if (end) {
-		if (s->bad.code) {
-			smtp_data_finish(s, &s->bad, 0);
-			return;
-		}
-		smtp_await(s, SMTP_WAIT_DATA_END, NULL);
-		s->ops->backend_data_end(s->ctx, s->nrcpt);
-		return;
-	}
-	/* RFC 1870: the size is of the message, without dot-stuffing. */
-	s->size += len - (line[0] == '.');
-	bool normalize = s->cfg->bare_newline_normalize && !(flags & SMTP_LINE_TOO_LONG) &&
-	                 (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR));
-	if (flags & SMTP_LINE_TOO_LONG)
-		smtp_data_refuse(s, 554, "5.6.0 Message has a line longer than 1000 octets");
-	else if ((flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR)) && !normalize)
-		smtp_data_refuse(s, 554, "5.6.0 Message has a bare CR or LF (RFC 5321 2.3.8)");
-	else if (flags & SMTP_LINE_NUL)
-		smtp_data_refuse(s, 554, "5.6.0 Message has a NUL byte");
-	else if (s->size > s->cfg->max_message_size)
-		smtp_data_refuse(s, 552, "5.3.4 Message size exceeds fixed maximum message size");
-	if (s->bad.code)
-		return;
-	if (normalize || after_bare)
-		smtp_data_normalized(s, line, len);
-	else
-		s->ops->backend_data(s->ctx, line, len);
-}
-
-unsigned smtp_map_lmtp(const struct smtp_reply *r, unsigned n, struct smtp_reply *out)
-{
-	unsigned ok = 0;
-	const struct smtp_reply *refusal = NULL;
-	bool odd = false;
-	for (unsigned i = 0; i < n; i++) {
-		if (r[i].code / 100 == 2)
-			ok++;
-		else if (r[i].code / 100 != 4 && r[i].code / 100 != 5)
-			odd = true; /* not a verdict: never passed on */
-		else if (!refusal || (refusal->code / 100 == 5 && r[i].code / 100 == 4))
-			refusal = &r[i];
-	}
-	if (ok == n && n > 0)
-		smtp_reply_set(out, 250, "2.0.0 Ok: delivered");
-	else if (ok == 0 && odd)
-		smtp_reply_set(out, 451, "4.4.2 Backend protocol error, try again later");
-	else if (ok == 0 && refusal)
-		*out = *refusal;
-	else
-		smtp_reply_set(out, 451, "4.3.0 Delivered to some recipients only, try again later");
-	return ok;
-}
-
-void smtp_backend_data_done(struct smtp *s, const struct smtp_reply *replies, unsigned n)
-{
-	if (smtp_awaiting(s) != SMTP_WAIT_DATA_END)
-		return;
-	smtp_await_pop(s);
-	struct smtp_reply out;
-	unsigned ok = smtp_map_lmtp(replies, n, &out);
-	if (n != s->nrcpt) {
-		/* Every recipient must have its own answer; anything else is not a 250. */
-		smtp_reply_set(&out, 451, "4.4.2 Backend protocol error, try again later");
-	}
-	if (ok && ok < n) {
-		/* A retry of the whole message may duplicate it for these. */
-		for (unsigned i = 0; i < n && i < s->nrcpt; i++) {
-			char rcpt[300], reply[300];
-			log_warn("sess=%s event=partial_delivery id=%s.%u rcpt=%s delivered=%s reply=%s",
-			         s->id, s->id, s->ntx,
-			         log_quote(rcpt, sizeof rcpt, s->rcpts[i], strlen(s->rcpts[i])),
-			         replies[i].code / 100 == 2 ? "yes" : "no",
-			         log_quote(reply, sizeof reply, replies[i].text, replies[i].len));
-		}
-	}
-	smtp_data_finish(s, &out, ok);
-}
-
 /* ---- RSET, QUIT and the simple ones ---- */
 
 /* Commands that move no mail forward (NOOP, VRFY, HELP, unknown, ...):
@@ -846,40 +553,6 @@ static void smtp_rcpt_answered(struct smtp *s, const struct smtp_reply *r, struc
 		s->rcpts = grown;
 		s->rcpts[s->nrcpt++] = a->rcpt;
 		a->rcpt = NULL;
-	}
-	smtp_send_reply(s, r);
-}
-
-static void smtp_data_answered(struct smtp *s, const struct smtp_reply *r)
-{
-	struct smtp_reply odd;
-	if (r->code == 354 && (s->state != SMTP_STATE_MAIL || s->nrcpt == 0)) {
-		/* DATA went out pipelined and the backend took it although mxfront
-		 * holds no accepted recipient (its acceptance was lost on the way):
-		 * that connection's transaction is not ours, drop it. */
-		s->ops->backend_abort(s->ctx);
-		if (s->state == SMTP_STATE_MAIL) {
-			s->backend_lost = true;
-			smtp_error(s, "554 5.5.1 No valid recipients");
-		} else {
-			smtp_send(s, "451 4.4.2 Backend protocol error, try again later");
-		}
-		return;
-	}
-	if (r->code == 354) {
-		s->state = SMTP_STATE_DATA;
-		s->prev_crlf = true;
-		s->size = 0;
-		s->bad.code = 0;
-		smtp_send(s, "354 End data with <CR><LF>.<CR><LF>");
-		/* Sent with the first line: header and message then leave for
-		 * the backend together (a small one with its final dot too). */
-		s->received_due = true;
-		return;
-	}
-	if (r->code / 100 == 2 || r->code / 100 == 3) {
-		smtp_reply_set(&odd, 451, "4.4.2 Backend protocol error, try again later");
-		r = &odd;
 	}
 	smtp_send_reply(s, r);
 }
