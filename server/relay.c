@@ -205,9 +205,25 @@ static void relay_write_cb(uv_write_t *req, int status)
 
 static void relay_write_buf(struct relay *r, struct relay_wbuf *w)
 {
+	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+	/* Written at once when the socket takes it all: no request and no
+	 * callback (libuv re-arms epoll after each completed request). Not
+	 * while above the high-water mark: the session then waits for the
+	 * drained callback, which only a completed request gives. */
+	int done = r->above_high ? 0 : uv_try_write(&r->conn->h.stream, &b, 1);
+	if (done == (int)w->len) {
+		r->pending -= w->len;
+		free(w);
+		return;
+	}
+	if (done > 0) {
+		r->pending -= (size_t)done;
+		w->len -= (size_t)done;
+		memmove(w->data, w->data + done, w->len);
+		b = uv_buf_init(w->data, (unsigned)w->len);
+	}
 	w->conn = r->conn;
 	w->req.data = w;
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
 	int rc = uv_write(&w->req, &r->conn->h.stream, &b, 1, relay_write_cb);
 	if (rc < 0) {
 		r->pending -= w->len;
@@ -587,7 +603,7 @@ void relay_flush(struct relay *r)
 		return;
 	r->wcur = NULL;
 	relay_write_buf(r, w);
-	if (r->conn && r->state == RELAY_DATA)
+	if (r->conn && r->state == RELAY_DATA && r->pending)
 		relay_arm(r, r->cfg->backend_timeout_ms);
 }
 

@@ -94,22 +94,33 @@ static void session_write_cb(uv_write_t *req, int status)
 		session_process(s);
 }
 
-/* Hands *BUF (ownership and all) to uv_write. */
+/* Writes *BUF at once if the socket takes it all (no request, no callback:
+ * libuv re-arms epoll after every completed request), else hands it
+ * (ownership and all) to uv_write. */
 static void session_write(struct session *s, char **buf, size_t *len, size_t *cap)
 {
+	uv_buf_t b = uv_buf_init(*buf, (unsigned)*len);
+	int done = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+	if (done == (int)*len) {
+		free(*buf);
+		*buf = NULL;
+		*len = *cap = 0;
+		return;
+	}
+	size_t skip = done > 0 ? (size_t)done : 0;
 	struct session_wbuf *w = malloc(sizeof *w);
 	if (!w) {
 		session_close(s, "out of memory");
 		return;
 	}
 	w->s = s;
-	w->len = *len;
+	w->len = *len - skip;
 	w->data = *buf;
 	w->req.data = w;
 	*buf = NULL;
 	*len = *cap = 0;
 	s->unsent += w->len;
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+	b = uv_buf_init(w->data + skip, (unsigned)w->len);
 	int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, session_write_cb);
 	if (rc < 0) {
 		s->unsent -= w->len;
