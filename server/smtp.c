@@ -216,6 +216,8 @@ void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned cap
 	if (smtp_awaiting(s) != SMTP_WAIT_HELLO)
 		return;
 	smtp_await_pop(s);
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
 	/* A backend that is down now is tried again at MAIL; EHLO still succeeds
 	 * and offers only what needs no backend support. */
 	s->caps_known = r->code / 100 == 2;
@@ -576,6 +578,11 @@ void smtp_backend_reply(struct smtp *s, const struct smtp_reply *r)
 	    w != SMTP_WAIT_RSET && w != SMTP_WAIT_RSET_HELLO)
 		return;
 	struct smtp_await a = smtp_await_pop(s);
+	if (s->state == SMTP_STATE_CLOSED) {
+		/* The client had its 421 (timeout, shutdown): nothing follows it. */
+		free(a.rcpt);
+		return;
+	}
 	struct smtp_reply odd;
 	if (r->code / 100 == 3 && w != SMTP_WAIT_DATA) {
 		/* Only DATA may be answered with 3xx; never pass one on. */

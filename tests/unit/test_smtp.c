@@ -1324,6 +1324,23 @@ static void test_goodbye(void)
 	CHECK_STR_EQ(t_replies(t), "421 4.3.2 " HOST " Shutting down\r\n");
 	CHECK_STR_EQ(t_log(t), "close:shutdown\n");
 	t_free(t);
+
+	check_case("goodbye while pipelined answers are awaited: nothing after the 421");
+	t = t_new(NULL, NULL);
+	if (!t)
+		return;
+	t->script = A(LHLO_ALL);
+	t_send(t, EHLO_C MAIL_AB RCPT_CD);
+	t->script = NULL;
+	CHECK(smtp_waiting(t->s), "MAIL and RCPT at the backend");
+	t_replies(t);
+	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
+	CHECK_STR_EQ(t_replies(t), "421 4.3.2 " HOST " Shutting down\r\n");
+	t_answer_now(t, OK_MAIL);
+	t_answer_now(t, OK_RCPT);
+	CHECK_STR_EQ(t_replies(t), "");
+	CHECK(!smtp_waiting(t->s), "every answer taken");
+	t_free(t);
 }
 
 /* ---- STARTTLS ---- */
