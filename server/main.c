@@ -131,27 +131,45 @@ static int main_drop_privileges(const struct config *cfg, char *err, size_t errs
 
 struct main_certs_row {
 	const struct config *cfg;
+	const struct certstore *cs;
 	time_t now;
 };
+
+/* Appends MARK to MARKS when default NAME is served by ROW_NAME: by that
+ * name itself, or (shown as "MARK:NAME") by the wildcard it falls to. */
+static void main_certs_mark(const struct main_certs_row *m, const char *row_name, const char *name,
+                            const char *mark, char *marks, size_t size)
+{
+	enum certstore_match how;
+	char norm[256];
+	if (certstore_normalize(name, strlen(name), norm, sizeof norm) < 0)
+		return;
+	const struct certstore_entry *e = certstore_lookup(m->cs, norm, &how);
+	if (!e || strcmp(e->name, row_name) != 0)
+		return;
+	size_t n = strlen(marks);
+	if (strcmp(norm, row_name) == 0)
+		snprintf(marks + n, size - n, "%s%s", n ? "," : "", mark);
+	else
+		snprintf(marks + n, size - n, "%s%s:%s", n ? "," : "", mark, norm);
+}
 
 static void main_certs_row_cb(void *arg, const char *name, const char *label, const char *keytype,
                               time_t not_after)
 {
 	const struct main_certs_row *m = arg;
-	char date[32], marks[256] = "";
+	char date[32], marks[512] = "", mark[300];
 	struct tm tm;
 	gmtime_r(&not_after, &tm);
 	strftime(date, sizeof date, "%Y-%m-%d", &tm);
 	const char *def = m->cfg->tls_default_cert[0] ? m->cfg->tls_default_cert : m->cfg->hostname;
-	if (strcasecmp(def, name) == 0)
-		snprintf(marks, sizeof marks, "default");
+	main_certs_mark(m, name, def, "default", marks, sizeof marks);
 	for (size_t i = 0; i < m->cfg->n_listen; i++) {
 		const char *d = m->cfg->listen[i].default_cert;
-		if (d && strcasecmp(d, name) == 0) {
-			size_t n = strlen(marks);
-			snprintf(marks + n, sizeof marks - n, "%slistener-default(%s)", n ? "," : "",
-			         m->cfg->listen[i].text);
-		}
+		if (!d)
+			continue;
+		snprintf(mark, sizeof mark, "listener-default(%s)", m->cfg->listen[i].text);
+		main_certs_mark(m, name, d, mark, marks, sizeof marks);
 	}
 	long days = (long)((not_after - m->now) / 86400);
 	printf("%-40s %-24s %-11s %s %5ld %s\n", name, label, keytype, date, days,
@@ -166,7 +184,7 @@ static int main_certs(struct config *cfg)
 	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, &problems,
 	                   &cs) < 0)
 		return 1;
-	struct main_certs_row m = { cfg, time(NULL) };
+	struct main_certs_row m = { cfg, cs, time(NULL) };
 	printf("%-40s %-24s %-11s %-10s %5s %s\n", "NAME", "CERTIFICATE", "KEY", "NOT-AFTER", "DAYS",
 	       "DEFAULT");
 	certstore_foreach(cs, main_certs_row_cb, &m);

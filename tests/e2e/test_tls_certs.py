@@ -155,3 +155,19 @@ def test_certs_skips_broken_entries_and_follows_tls_default_cert(pki, tmp_path, 
     check_rows(rows, want, p.stdout)
     # the broken ones are reported, not listed
     check_reports(p.stderr, broken_setup)
+
+
+def test_certs_marks_a_default_served_by_a_wildcard(pki, tmp_path):
+    """default_cert names a host that only a wildcard certificate serves: the
+    wildcard's row carries the mark, saying which name it is the default for."""
+    certs_dir = pki.install(tmp_path / "certs.d")
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {
+        "server": {"listen": "127.0.0.1:0, 127.0.0.2:0 default_cert=MX.B.example."},
+        "tls": {"certs_dir": str(certs_dir), "default_cert": "x.b.example"}}))
+    p, _, rows = certs_rows(conf)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    marks = {r[0]: r[5] for r in rows}
+    assert marks["*.b.example"] == ("default:x.b.example,"
+                                    "listener-default(127.0.0.2:0):mx.b.example"), p.stdout
+    assert "default" not in marks.get("mx.test.example", "-"), p.stdout
