@@ -628,6 +628,10 @@ void smtp_backend_failed(struct smtp *s)
 static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned flags)
 {
 	s->commands++;
+	/* With backend answers awaited, only a clean RCPT or DATA joins the
+	 * pipelined group; anything else waits until they are in (smtp_defer). */
+	if (flags && smtp_defer(s))
+		return;
 	if (flags & SMTP_LINE_TOO_LONG) {
 		smtp_error(s, "500 5.5.2 Line too long");
 		return;
@@ -646,6 +650,8 @@ static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned 
 	const char *args;
 	bool space;
 	enum smtp_verb verb = smtp_parse_verb(line, len, &args, &space);
+	if (verb != SMTP_VERB_RCPT && verb != SMTP_VERB_DATA && smtp_defer(s))
+		return;
 	size_t alen = len - (size_t)(args - line);
 	while (alen && args[alen - 1] == ' ')
 		alen--;
@@ -694,29 +700,12 @@ static void smtp_keep(struct smtp *s, const char *line, size_t len, unsigned fla
 	s->deferred = true;
 }
 
-/* Whether LINE may be taken while backend answers are awaited: only RCPT
- * and DATA join a pipelined group; they set themselves aside if they would
- * be answered locally (smtp_defer). */
-static bool smtp_pipelinable(const char *line, size_t len, unsigned flags)
-{
-	if (flags || len < 2)
-		return false;
-	const char *args;
-	bool space;
-	enum smtp_verb verb = smtp_parse_verb(line, len - 2, &args, &space);
-	return verb == SMTP_VERB_RCPT || verb == SMTP_VERB_DATA;
-}
-
 void smtp_line(struct smtp *s, const char *line, size_t len, unsigned flags)
 {
 	if (s->state == SMTP_STATE_CLOSED)
 		return;
 	if (s->state == SMTP_STATE_DATA) {
 		smtp_data_line(s, line, len, flags);
-		return;
-	}
-	if (s->qlen && !smtp_pipelinable(line, len, flags)) {
-		smtp_keep(s, line, len, flags);
 		return;
 	}
 	s->deferring = false;
