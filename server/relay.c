@@ -124,17 +124,23 @@ static void relay_lost(struct smtp_reply *out, const char *text)
 	out->lost = true;
 }
 
+/* No command is in flight or queued any more (the connection is gone). */
+static void relay_forget_commands(struct relay *r)
+{
+	r->inflight = 0;
+	r->data_inflight = false;
+	r->nqueued = 0;
+	r->queued_len = 0;
+	r->queued_data = false;
+}
+
 /* The connection is unusable: drop it and answer whatever was awaited. */
 static void relay_fail(struct relay *r, const char *reason)
 {
 	enum relay_state st = r->state;
 	enum relay_op op = r->op;
 	unsigned unanswered = st == RELAY_WAIT ? r->inflight : op == RELAY_OP_COMMAND ? r->nqueued : 0;
-	r->inflight = 0;
-	r->data_inflight = false;
-	r->nqueued = 0;
-	r->queued_len = 0;
-	r->queued_data = false;
+	relay_forget_commands(r);
 	log_warn("sess=%s event=backend_error backend=%s stage=%s reason=\"%s\"", r->id,
 	         r->cfg->backend.text, relay_state_names[st], reason);
 	relay_drop(r);
@@ -671,11 +677,7 @@ void relay_abort(struct relay *r)
 	relay_drop(r);
 	r->state = RELAY_IDLE;
 	r->op = RELAY_OP_NONE;
-	r->inflight = 0;
-	r->data_inflight = false;
-	r->nqueued = 0;
-	r->queued_len = 0;
-	r->queued_data = false;
+	relay_forget_commands(r);
 	if (r->above_high) {
 		r->above_high = false;
 		r->cbs->drained(r->ctx);

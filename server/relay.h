@@ -58,8 +58,8 @@ void relay_data_end(struct relay *r, unsigned nrcpt);
 
 /* Drops the connection without a final dot: nothing is delivered. */
 void relay_abort(struct relay *r);
+
 /* Writes what relay_command and relay_data gathered. */
-/* Writes what relay_data queued. */
 void relay_flush(struct relay *r);
 
 /* Bytes queued or being written to the backend. */
