@@ -1,4 +1,5 @@
-/* certstore_int: what certstore.c (generations, index, lookup) and
+/* certstore_int: what certstore.c (generations, index, lookup),
+ * certstore_scan.c (listing certs.d/, the loading threads) and
  * certstore_cert.c (one certificate directory read into a certificate and
  * its credential) share. Not for other modules. */
 #ifndef MXFRONT_CERTSTORE_INT_H
@@ -186,5 +187,14 @@ void certstore_pair_free(gnutls_pcert_st *pcerts, unsigned n, gnutls_privkey_t k
 int certstore_cred_add(gnutls_certificate_credentials_t cred, gnutls_pcert_st *pcerts,
                        unsigned n, gnutls_privkey_t key, bool check);
 void certstore_date(time_t t, char out[16]);
+
+/* ---- certstore_scan.c ---- */
+
+/* Lists the non-hidden subdirectories of D into LD->items, sorted by label
+ * (in LD->labels); 0, or -1 with errno set. */
+int certstore_list(struct certstore_loader *ld, DIR *d);
+
+/* Loads every directory on *NW threads (this one included) into *WS. */
+int certstore_run(struct certstore_loader *ld, struct certstore_worker **ws, size_t *nw);
 
 #endif
