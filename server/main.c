@@ -129,47 +129,49 @@ static int main_drop_privileges(const struct config *cfg, char *err, size_t errs
 	return 0;
 }
 
+/* A default as `mxfront certs` shows it: the row of the name that serves
+ * it, and the text of its mark there. */
+struct main_certs_mark {
+	const char *row; /* the certstore's indexed name, NULL if none serves it */
+	char text[320];
+};
+
 struct main_certs_row {
-	const struct config *cfg;
-	const struct certstore *cs;
+	const struct main_certs_mark *marks;
+	size_t nmarks;
 	time_t now;
 };
 
-/* Appends MARK to MARKS when default NAME is served by ROW_NAME: by that
- * name itself, or (shown as "MARK:NAME") by the wildcard it falls to. */
-static void main_certs_mark(const struct main_certs_row *m, const char *row_name, const char *name,
-                            const char *mark, char *marks, size_t size)
+/* Resolves default NAME as the handshake does (normalised, exact then
+ * wildcard): marked MARK on its own row, "MARK:NAME" on a wildcard's. */
+static void main_certs_resolve(const struct certstore *cs, const char *name, const char *mark,
+                               struct main_certs_mark *out)
 {
 	enum certstore_match how;
 	char norm[256];
-	if (certstore_normalize(name, strlen(name), norm, sizeof norm) < 0)
-		return;
-	const struct certstore_entry *e = certstore_lookup(m->cs, norm, &how);
-	if (!e || strcmp(e->name, row_name) != 0)
-		return;
-	size_t n = strlen(marks);
-	if (strcmp(norm, row_name) == 0)
-		snprintf(marks + n, size - n, "%s%s", n ? "," : "", mark);
-	else
-		snprintf(marks + n, size - n, "%s%s:%s", n ? "," : "", mark, norm);
+	const struct certstore_entry *e = NULL;
+	if (certstore_normalize(name, strlen(name), norm, sizeof norm) >= 0)
+		e = certstore_lookup(cs, norm, &how);
+	out->row = e ? e->name : NULL;
+	if (e && strcmp(norm, e->name) == 0)
+		snprintf(out->text, sizeof out->text, "%s", mark);
+	else if (e)
+		snprintf(out->text, sizeof out->text, "%s:%s", mark, norm);
 }
 
 static void main_certs_row_cb(void *arg, const char *name, const char *label, const char *keytype,
                               time_t not_after)
 {
 	const struct main_certs_row *m = arg;
-	char date[32], marks[512] = "", mark[300];
+	char date[32], marks[1024] = "";
 	struct tm tm;
 	gmtime_r(&not_after, &tm);
 	strftime(date, sizeof date, "%Y-%m-%d", &tm);
-	const char *def = m->cfg->tls_default_cert[0] ? m->cfg->tls_default_cert : m->cfg->hostname;
-	main_certs_mark(m, name, def, "default", marks, sizeof marks);
-	for (size_t i = 0; i < m->cfg->n_listen; i++) {
-		const char *d = m->cfg->listen[i].default_cert;
-		if (!d)
+	for (size_t i = 0; i < m->nmarks; i++) {
+		if (!m->marks[i].row || strcmp(m->marks[i].row, name) != 0)
 			continue;
-		snprintf(mark, sizeof mark, "listener-default(%s)", m->cfg->listen[i].text);
-		main_certs_mark(m, name, d, mark, marks, sizeof marks);
+		size_t n = strlen(marks);
+		snprintf(marks + n, sizeof marks - n, "%s%s", n ? "," : "", m->marks[i].text);
 	}
 	long days = (long)((not_after - m->now) / 86400);
 	printf("%-40s %-24s %-11s %s %5ld %s\n", name, label, keytype, date, days,
@@ -184,10 +186,27 @@ static int main_certs(struct config *cfg)
 	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, &problems,
 	                   &cs) < 0)
 		return 1;
-	struct main_certs_row m = { cfg, cs, time(NULL) };
+	struct main_certs_mark *marks = calloc(cfg->n_listen + 1, sizeof *marks);
+	if (!marks) {
+		certstore_unref(cs);
+		fprintf(stderr, "mxfront: out of memory\n");
+		return 1;
+	}
+	size_t n = 0;
+	main_certs_resolve(cs, cfg->tls_default_cert[0] ? cfg->tls_default_cert : cfg->hostname,
+	                   "default", &marks[n++]);
+	for (size_t i = 0; i < cfg->n_listen; i++) {
+		char mark[300];
+		if (!cfg->listen[i].default_cert)
+			continue;
+		snprintf(mark, sizeof mark, "listener-default(%s)", cfg->listen[i].text);
+		main_certs_resolve(cs, cfg->listen[i].default_cert, mark, &marks[n++]);
+	}
+	struct main_certs_row m = { marks, n, time(NULL) };
 	printf("%-40s %-24s %-11s %-10s %5s %s\n", "NAME", "CERTIFICATE", "KEY", "NOT-AFTER", "DAYS",
 	       "DEFAULT");
 	certstore_foreach(cs, main_certs_row_cb, &m);
+	free(marks);
 	certstore_unref(cs);
 	return problems ? 1 : 0;
 }
