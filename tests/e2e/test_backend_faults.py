@@ -198,11 +198,16 @@ PIPELINED_GROUP = (b"MAIL FROM:<s@client.example>\r\n"
                    b"DATA\r\n")
 
 
+def _send_group(c):
+    """Sends PIPELINED_GROUP in one write; returns its four replies."""
+    c.send(PIPELINED_GROUP)
+    return [c.read_reply() for _ in range(4)]
+
+
 def _pipelined_transaction(mx):
     c, _ = smtp_session(mx)
     with c:
-        c.send(PIPELINED_GROUP)
-        codes = [c.read_reply().code for _ in range(4)]
+        codes = [r.code for r in _send_group(c)]
         c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n")
         codes.append(c.read_reply().code)
         codes.append(c.read_reply().code)
@@ -250,8 +255,7 @@ def test_pipelined_group_after_a_refused_mail(mxfront, fake_backend):
     mx = mxfront(fb)
     c, _ = smtp_session(mx)
     with c:
-        c.send(PIPELINED_GROUP)
-        replies = [c.read_reply() for _ in range(4)]
+        replies = _send_group(c)
         assert [r.code for r in replies] == [451, 503, 503, 503], [str(r) for r in replies]
         assert c.cmd("NOOP").code == 250
     assert fb.connections[0].messages == []
@@ -264,12 +268,10 @@ def test_backend_dying_under_a_pipelined_group(mxfront, fake_backend):
     mx = mxfront(fb)
     c, _ = smtp_session(mx)
     with c:
-        c.send(PIPELINED_GROUP)
-        replies = [c.read_reply() for _ in range(4)]
+        replies = _send_group(c)
         assert [r.code // 100 for r in replies] == [4, 4, 4, 4], [str(r) for r in replies]
         fb.mail_reply = "250 2.1.0 Ok"
-        c.send(PIPELINED_GROUP)
-        assert [c.read_reply().code for _ in range(4)] == [250, 250, 250, 354]
+        assert [r.code for r in _send_group(c)] == [250, 250, 250, 354]
         c.send(b"Subject: p\r\n\r\nbody\r\n.\r\n")
         assert c.read_reply().code == 250
     assert len(fb.connections) == 2 and len(fb.connections[1].messages) == 1
