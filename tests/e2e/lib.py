@@ -40,6 +40,20 @@ def wait_until(cond, timeout=5.0, what="condition"):
         time.sleep(POLL)
 
 
+def refuses(port, host="127.0.0.1"):
+    """True once nothing listens on port: connecting is refused. A reset
+    means the listening socket is being closed under the attempt (SYNs that
+    hit a closing listener are answered with RST), so it counts as "not
+    yet": callers poll with wait_until until the port refuses."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False
+    return False
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from lib import (HOSTNAME, SmtpClient, dot_stuff, free_port, lf, mxfront_config, wait_until,
-                 write_config)
+from lib import (HOSTNAME, SmtpClient, dot_stuff, free_port, lf, mxfront_config, refuses,
+                 wait_until, write_config)
 from svclib import (assert_served, field_of, hup, hup_ok, install_cert, make_cert,
                     served_cert, tls_session)
 
@@ -302,14 +302,6 @@ def greets(port):
         return c.read_reply().code == 220
 
 
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def test_listeners_opened_and_closed_on_reload(mxfront, fake_backend):
     fb = fake_backend()
     mx = mxfront(fb)
@@ -338,7 +330,7 @@ def test_listeners_opened_and_closed_on_reload(mxfront, fake_backend):
         assert field_of(line, "listeners") == "1", line
         mx.wait_log(r"\bevent=listener_closed listen=127\.0\.0\.1:0\b")
         assert address_lines(mx) == [f"127.0.0.1:{second}"]
-        assert refused(first), f"port {first} still accepts after its listener was removed"
+        wait_until(lambda: refuses(first), 3, f"port {first} to refuse after its listener was removed")
         assert greets(second)
         assert old.cmd("NOOP").code == 250
         assert old.cmd("MAIL FROM:<s@client.example>").code == 250
@@ -366,7 +358,7 @@ def test_listener_that_cannot_be_bound_fails_the_reload(mxfront, fake_backend):
         assert address_lines(mx) == [f"127.0.0.1:{mx.port}"]
         assert greets(mx.port)
         # Nothing of the failed reload stays open.
-        assert refused(other), f"port {other} of the failed reload was left listening"
+        wait_until(lambda: refuses(other), 3, f"port {other} of the failed reload to refuse")
 
 
 # --------------------------------------------------------------------------

@@ -4,27 +4,18 @@
 whose final dot was sent is waited for; then exit 0."""
 import os
 import signal
-import socket
 import threading
 import time
 
 import pytest
 
-from lib import SmtpClient, dot_stuff, lf, smtp_session, wait_until
+from lib import SmtpClient, dot_stuff, lf, refuses, smtp_session, wait_until
 from svclib import GatedLmtp
 
 
 def assert_421_shutdown(r, what):
     assert r.code == 421 and r.enhanced == "4.3.2", f"{what}: expected 421 4.3.2, got {r}"
     assert "shutting down" in r.text.lower(), f"{what}: {r}"
-
-
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def body_of(token, lines):
@@ -83,7 +74,7 @@ def test_transaction_in_progress_finishes_within_shutdown_timeout(dovecot, mxfro
         mx.wait_log(r"\bevent=stop signal=TERM sessions=2\b")
         assert_421_shutdown(idle.read_reply(), "idle session")
         # No new connection once the stop began.
-        wait_until(lambda: refused(mx.port), 3, "the listening socket to be closed")
+        wait_until(lambda: refuses(mx.port), 3, "the listening socket to be closed")
         busy.send(wire[len(wire) // 2:] + b".\r\n")
         r = busy.read_reply()
         assert r.code == 250, f"a transaction in progress was not allowed to finish: {r}"
