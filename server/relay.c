@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "growbuf.h"
 #include "log.h"
 
 #define RELAY_CHUNK (16 * 1024)
@@ -544,24 +545,6 @@ void relay_hello(struct relay *r, const char *helo)
 	r->cbs->hello(r->ctx, &ok, r->caps);
 }
 
-/* Appends LINE to the commands waiting for the connection. */
-static bool relay_queue(struct relay *r, const char *line, size_t len)
-{
-	if (r->queued_len + len > r->queued_cap) {
-		size_t cap = r->queued_cap ? r->queued_cap * 2 : 1024;
-		while (cap < r->queued_len + len)
-			cap *= 2;
-		char *grown = realloc(r->queued, cap);
-		if (!grown)
-			return false;
-		r->queued = grown;
-		r->queued_cap = cap;
-	}
-	memcpy(r->queued + r->queued_len, line, len);
-	r->queued_len += len;
-	return true;
-}
-
 static void relay_gather(struct relay *r, const char *buf, size_t len);
 
 void relay_command(struct relay *r, const char *line, size_t len)
@@ -581,7 +564,7 @@ void relay_command(struct relay *r, const char *line, size_t len)
 	}
 	if ((r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "MAIL", 4) == 0) ||
 	    (connecting && r->op == RELAY_OP_COMMAND && !r->queued_data)) {
-		if (!relay_queue(r, line, len)) {
+		if (growbuf_append(&r->queued, &r->queued_len, &r->queued_cap, line, len) < 0) {
 			relay_lost(&rep, "4.3.0 Out of memory, try again later");
 			r->cbs->reply(r->ctx, &rep);
 			return;

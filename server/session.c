@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "growbuf.h"
 #include "log.h"
 #include "relay.h"
 #include "smtp.h"
@@ -157,30 +158,12 @@ static void session_flush(struct session *s)
 
 /* ---- smtp ops ---- */
 
-/* Appends LEN bytes to the growable buffer *BUF (owned by the session). */
-static int session_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-	if (*len + n > *cap) {
-		size_t c = *cap ? *cap * 2 : 1024;
-		while (c < *len + n)
-			c *= 2;
-		char *grown = realloc(*buf, c);
-		if (!grown)
-			return -1;
-		*buf = grown;
-		*cap = c;
-	}
-	memcpy(*buf + *len, data, n);
-	*len += n;
-	return 0;
-}
-
 static void session_op_reply(void *ctx, const char *buf, size_t len)
 {
 	struct session *s = ctx;
 	if (s->closing)
 		return;
-	if (session_append(&s->out, &s->outlen, &s->outcap, buf, len) < 0)
+	if (growbuf_append(&s->out, &s->outlen, &s->outcap, buf, len) < 0)
 		session_close(s, "out of memory");
 }
 
@@ -188,7 +171,7 @@ static void session_op_reply(void *ctx, const char *buf, size_t len)
 static void session_tls_send(void *ctx, const char *buf, size_t len)
 {
 	struct session *s = ctx;
-	if (session_append(&s->cout, &s->coutlen, &s->coutcap, buf, len) < 0)
+	if (growbuf_append(&s->cout, &s->coutlen, &s->coutcap, buf, len) < 0)
 		session_close(s, "out of memory");
 }
 
