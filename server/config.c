@@ -68,6 +68,11 @@ static const struct config_key config_keys[] = {
 	  300000, "10s" },
 	{ "backend", "timeout", CONFIG_DURATION, OFF(backend_timeout_ms), 1000, 3600000, "5m" },
 	{ "backend", "xclient", CONFIG_BOOL, OFF(xclient), 0, 0, "yes" },
+	{ "backend", "max_connections", CONFIG_UINT, OFF(backend_max_connections), 1, 100000, "50" },
+	{ "backend", "idle_timeout", CONFIG_DURATION, OFF(backend_idle_timeout_ms), 1000, 3600000,
+	  "10s" },
+	{ "backend", "queue_timeout", CONFIG_DURATION, OFF(backend_queue_timeout_ms), 1000, 600000,
+	  "30s" },
 	{ "smtp", "bare_newline", CONFIG_BARE_NEWLINE, OFF(bare_newline_normalize), 0, 0, "reject" },
 	{ "tls", "certs_dir", CONFIG_PATH, OFF(tls_certs_dir), 0, 0, "certs.d" },
 	{ "tls", "default_cert", CONFIG_STRING, OFF(tls_default_cert), 0, 0, "" },
@@ -78,6 +83,7 @@ static const struct config_key config_keys[] = {
 	{ "timeouts", "command", CONFIG_DURATION, OFF(command_timeout_ms), 1000, 3600000, "5m" },
 	{ "timeouts", "data", CONFIG_DURATION, OFF(data_timeout_ms), 1000, 3600000, "3m" },
 	{ "timeouts", "handshake", CONFIG_DURATION, OFF(handshake_timeout_ms), 1000, 600000, "1m" },
+	{ "timeouts", "idle", CONFIG_DURATION, OFF(idle_timeout_ms), 1000, 3600000, "3m" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])

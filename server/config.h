@@ -46,6 +46,9 @@ struct config {
 	unsigned backend_connect_timeout_ms;
 	unsigned backend_timeout_ms;
 	bool xclient;
+	unsigned backend_max_connections; /* total over all workers */
+	unsigned backend_idle_timeout_ms; /* a pooled connection unused this long is closed */
+	unsigned backend_queue_timeout_ms; /* longest wait for a free connection */
 
 	/* [smtp] */
 	bool bare_newline_normalize; /* else reject */
@@ -61,6 +64,7 @@ struct config {
 	unsigned command_timeout_ms;
 	unsigned data_timeout_ms;
 	unsigned handshake_timeout_ms;
+	unsigned idle_timeout_ms; /* a session without a transaction this long is closed */
 };
 
 /* Loads PATH into a new config with one reference (the caller's). On error

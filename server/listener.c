@@ -44,6 +44,7 @@ struct listener {
 	size_t open_handles; /* sockets and the timer not yet closed */
 	unsigned nclients;            /* this loop's sessions */
 	struct listener_shared *shared;
+	struct backend_pool *pool;
 	struct session_link sessions; /* list head */
 	uv_timer_t shutdown_timer;
 	bool stopping;
@@ -125,7 +126,7 @@ static void listener_accept_cb(uv_stream_t *server, int status)
 		return;
 	}
 	struct session_owner owner = { listener_session_gone, l };
-	struct session *s = session_new(l->loop, l->cfg, l->tc, ls->default_cert, &owner);
+	struct session *s = session_new(l->loop, l->cfg, l->tc, ls->default_cert, l->pool, &owner);
 	if (!s) {
 		log_error("event=accept_error listen=%s reason=\"out of memory\"", ls->addr.text);
 		return;
@@ -335,7 +336,8 @@ unsigned listener_sessions(const struct listener *l)
 	return l->nclients;
 }
 
-struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared, struct config *cfg,
+struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
+                              struct backend_pool *pool, struct config *cfg,
                               struct tls_context *tc, const int *fds)
 {
 	struct listener *l = calloc(1, sizeof *l);
@@ -346,6 +348,7 @@ struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared, s
 	}
 	l->loop = loop;
 	l->shared = shared;
+	l->pool = pool;
 	l->sessions.next = l->sessions.prev = &l->sessions;
 	uv_timer_init(loop, &l->shutdown_timer);
 	l->shutdown_timer.data = l;

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "backend_pool.h"
 #include "config.h"
 #include "tls.h"
 
@@ -37,8 +38,10 @@ bool listener_same_address(const struct config_addr *a, const struct config_addr
 
 /* A listener on LOOP for CFG and TC (references taken; TC may be NULL: no
  * STARTTLS), taking ownership of FDS[i], the bound socket for
- * cfg->listen[i]. SHARED must outlive it. */
-struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared, struct config *cfg,
+ * cfg->listen[i]. SHARED and POOL (the loop's backend connections, lent to
+ * its sessions) must outlive it. */
+struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
+                              struct backend_pool *pool, struct config *cfg,
                               struct tls_context *tc, const int *fds);
 
 /* Switches new sessions to CFG and TC (references taken, the old ones

@@ -219,6 +219,12 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 	uv_loop_t loop;
 	char err[512];
 	unsigned workers = cfg->workers ? cfg->workers : uv_available_parallelism();
+	if (cfg->backend_max_connections < workers) {
+		fprintf(stderr, "mxfront: %s: [backend] max_connections: %u is fewer than the %u "
+		                "workers (each needs at least one backend connection)\n",
+		        path, cfg->backend_max_connections, workers);
+		return 1;
+	}
 	uv_loop_init(&loop);
 	struct reload *r = reload_new(&loop, path, address_file, workers, cfg, cs, tc, err, sizeof err);
 	int rc = 0;

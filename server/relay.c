@@ -1,9 +1,13 @@
-/* relay: one session's LMTP client. Owns the backend connection, its timer
- * and the bytes queued for it; reports every outcome through relay_cbs.
- * Never replies to the SMTP client and never holds more than
- * RELAY_HIGH_WATER plus one chunk of message data. */
+/* relay: one session's transactions at the backend. Owns the connection it
+ * has borrowed (until it gives it back to the pool), the commands awaiting
+ * answers, the transaction's MAIL and accepted RCPT lines (to say them again
+ * on another connection), the message bytes held before DATA and its timer.
+ * Reports every outcome through relay_cbs; never replies to the SMTP client
+ * and never holds more than RELAY_HIGH_WATER plus one chunk of message. */
 #include "relay.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,111 +17,82 @@
 
 #define RELAY_CHUNK (16 * 1024)
 #define RELAY_LOW_WATER (32 * 1024)
-#define RELAY_REPLY_LINE_MAX 2048
+#define RELAY_FIFO 64
 
-enum relay_state {
-	RELAY_IDLE,       /* no connection */
-	RELAY_CONNECTING,
-	RELAY_GREETING,   /* waiting for 220 */
-	RELAY_LHLO,
-	RELAY_XCLIENT,
-	RELAY_LHLO2,      /* LHLO with the client's HELO after XCLIENT */
-	RELAY_READY,
-	RELAY_WAIT,       /* commands sent (pipelined), their replies awaited */
-	RELAY_DATA,       /* message data flowing */
-	RELAY_DATA_END,   /* final dot sent, per-recipient replies awaited */
+enum relay_phase {
+	RELAY_NONE,     /* no connection */
+	RELAY_WAITING,  /* asked the pool for one */
+	RELAY_SETUP,    /* XCLIENT, LHLO or the replay of the transaction under way */
+	RELAY_OPEN,     /* commands flow */
+	RELAY_DATA_CMD, /* the backend's DATA sent, its 354 awaited */
+	RELAY_STREAM,   /* message bytes flowing */
+	RELAY_EOD,      /* final dot sent, per-recipient replies awaited */
 };
 
-static const char *const relay_state_names[] = {
-	"idle", "connecting", "greeting", "lhlo", "xclient", "lhlo", "ready", "command", "data",
-	"end_of_data",
+static const char *const relay_phase_names[] = {
+	"idle", "waiting", "setup", "command", "data", "data", "end_of_data",
 };
 
-enum relay_op { RELAY_OP_NONE, RELAY_OP_HELLO, RELAY_OP_COMMAND };
+/* What a client command awaits, in order. DATA and RSET are answered here. */
+enum relay_kind { RELAY_K_MAIL, RELAY_K_RCPT, RELAY_K_DATA, RELAY_K_RSET };
 
-enum {
-	RELAY_XA_ADDR = 1 << 0,
-	RELAY_XA_PORT = 1 << 1,
-	RELAY_XA_HELO = 1 << 2,
-};
-
-/* One backend connection; freed in its close callback, after any write
- * callbacks. r is NULL once the relay has let go of it. */
-struct relay_conn {
-	union {
-		uv_handle_t handle;
-		uv_stream_t stream;
-		uv_tcp_t tcp;
-		uv_pipe_t pipe;
-	} h;
-	uv_connect_t connect;
-	struct relay *r;
-	struct smtp_framer framer;
-	size_t inlen;
-	char in[RELAY_REPLY_LINE_MAX];
-};
-
-/* One write: owns its bytes, freed in its callback. */
-struct relay_wbuf {
-	uv_write_t req;
-	struct relay_conn *conn;
-	size_t len;
-	char data[];
-};
+enum relay_setup { RELAY_SETUP_XCLIENT, RELAY_SETUP_LHLO, RELAY_SETUP_REPLAY, RELAY_SETUP_DONE };
 
 struct relay {
 	uv_loop_t *loop;
+	struct backend_pool *pool;
 	const struct config *cfg;
 	const struct relay_cbs *cbs;
 	void *ctx;
 	const char *id;
 	const char *client_ip;
 	int client_port;
-
-	uv_timer_t timer;
-	struct relay_conn *conn;
-	enum relay_state state;
-	enum relay_op op;
-	bool freeing;
-	bool above_high;
-	unsigned inflight;  /* commands sent whose replies are awaited */
-	bool data_inflight; /* the last of them is DATA */
-
 	char helo[256];
-	unsigned caps;
-	unsigned xattrs;
-	/* commands given while the connection is being set up */
-	char *queued;
-	size_t queued_len, queued_cap;
-	unsigned nqueued;
-	bool queued_data;
 
-	struct smtp_reply cur;         /* reply being assembled */
-	struct smtp_reply *replies;    /* per-recipient replies after the dot, owned */
+	struct backend_waiter waiter;
+	struct backend_conn *conn; /* borrowed from the pool */
+	enum relay_phase phase;
+	uv_timer_t timer;          /* the hold, and stalls while streaming */
+	bool freeing;
+	bool in_command;           /* inside relay_command: relay_flush() writes */
+	uint64_t last_active;      /* the client's last command or message bytes */
+	uint64_t stall_mark;
+
+	/* client commands awaiting answers, oldest first */
+	unsigned char fifo[RELAY_FIFO];
+	unsigned fhead, flen;
+	/* their MAIL/RCPT lines: answered up to pend_off, written up to sent_off */
+	char *pend;
+	size_t pendlen, pendcap, pend_off, sent_off;
+	unsigned inflight; /* written, unanswered */
+
+	/* the transaction as the backend has it */
+	bool tx_open;      /* MAIL accepted */
+	bool parked;       /* open, but its connection went back: say it again first */
+	char *tx;          /* the MAIL line, then each accepted RCPT line */
+	size_t txlen, txcap;
+	unsigned nacc;
+	enum relay_setup setup;
+	size_t replay_off;
+	unsigned replay_left;
+	char xclient[320]; /* the facts being said with XCLIENT */
+
+	/* the message */
+	bool holding;      /* DATA answered here: bytes are held until DATA goes out */
+	bool data_due;     /* the backend's DATA goes out once a connection is open */
+	bool eod_due;      /* the final dot follows the held bytes */
+	bool data_failed;  /* the connection broke during the message */
+	struct smtp_reply refusal; /* code != 0: the backend refused DATA */
+	struct backend_wbuf **held;
+	unsigned nheld, heldcap;
+	size_t held_bytes;
+	struct backend_wbuf *wcur; /* streaming: bytes gathered, not yet written */
+	bool above_high;
+	struct smtp_reply *replies; /* per-recipient replies after the dot, owned */
 	unsigned nexpect, ngot;
-
-	struct relay_wbuf *wcur;       /* data being gathered, not yet written */
-	size_t pending;                /* bytes queued or in flight */
 };
 
-static void relay_conn_close_cb(uv_handle_t *h)
-{
-	free(h->data);
-}
-
-/* Lets go of the connection: closed without another byte (no final dot). */
-static void relay_drop(struct relay *r)
-{
-	if (!r->conn)
-		return;
-	r->conn->r = NULL;
-	uv_close(&r->conn->h.handle, relay_conn_close_cb);
-	r->conn = NULL;
-	free(r->wcur);
-	r->wcur = NULL;
-	r->pending = 0;
-	uv_timer_stop(&r->timer);
-}
+static const struct backend_conn_cbs relay_conn_cbs;
 
 static void relay_lost(struct smtp_reply *out, const char *text)
 {
@@ -125,508 +100,602 @@ static void relay_lost(struct smtp_reply *out, const char *text)
 	out->lost = true;
 }
 
-/* No command is in flight or queued any more (the connection is gone). */
-static void relay_forget_commands(struct relay *r)
+size_t relay_pending(const struct relay *r)
 {
-	r->inflight = 0;
-	r->data_inflight = false;
-	r->nqueued = 0;
-	r->queued_len = 0;
-	r->queued_data = false;
+	return r->held_bytes + (r->wcur ? *backend_wbuf_len(r->wcur) : 0) +
+	       (r->conn ? r->conn->pending : 0);
 }
 
-/* The connection is unusable: drop it and answer whatever was awaited. */
-static void relay_fail(struct relay *r, const char *reason)
+static void relay_check_drained(struct relay *r)
 {
-	enum relay_state st = r->state;
-	enum relay_op op = r->op;
-	unsigned unanswered = st == RELAY_WAIT ? r->inflight : op == RELAY_OP_COMMAND ? r->nqueued : 0;
-	relay_forget_commands(r);
-	log_warn("sess=%s event=backend_error backend=%s stage=%s reason=\"%s\"", r->id,
-	         r->cfg->backend.text, relay_state_names[st], reason);
-	relay_drop(r);
-	r->state = RELAY_IDLE;
-	r->op = RELAY_OP_NONE;
-	bool resume = r->above_high;
-	r->above_high = false;
-	struct smtp_reply rep;
-	if (st >= RELAY_CONNECTING && st <= RELAY_LHLO2) {
-		relay_lost(&rep, "4.4.1 Backend unavailable, try again later");
-		if (op == RELAY_OP_HELLO)
-			r->cbs->hello(r->ctx, &rep, 0);
-		for (unsigned i = 0; i < unanswered && !r->freeing; i++)
-			r->cbs->reply(r->ctx, &rep);
-	} else if (st == RELAY_WAIT) {
-		relay_lost(&rep, "4.4.2 Backend connection lost, try again later");
-		for (unsigned i = 0; i < unanswered && !r->freeing; i++)
-			r->cbs->reply(r->ctx, &rep);
-	} else if (st == RELAY_DATA_END) {
-		for (unsigned i = r->ngot; i < r->nexpect; i++)
-			relay_lost(&r->replies[i], "4.4.2 Backend connection lost after the message, "
-			                           "try again later");
-		r->cbs->data_done(r->ctx, r->replies, r->nexpect);
-	} else {
-		if (resume && !r->freeing)
-			r->cbs->drained(r->ctx);
-		if (!r->freeing)
-			r->cbs->failed(r->ctx);
-	}
-}
-
-static void relay_timer_cb(uv_timer_t *t)
-{
-	relay_fail(t->data, "timeout");
-}
-
-static void relay_arm(struct relay *r, unsigned ms)
-{
-	uv_timer_start(&r->timer, relay_timer_cb, ms, 0);
-}
-
-static void relay_write_cb(uv_write_t *req, int status)
-{
-	struct relay_wbuf *w = req->data;
-	struct relay *r = w->conn->r;
-	size_t len = w->len;
-	free(w);
-	if (!r)
-		return;
-	if (status < 0) {
-		relay_fail(r, uv_strerror(status));
-		return;
-	}
-	r->pending -= len;
-	if (r->state == RELAY_DATA) {
-		/* Only bytes handed to the socket are the backend's to take;
-		 * what is still gathered waits for the client. */
-		if (r->pending > (r->wcur ? r->wcur->len : 0))
-			relay_arm(r, r->cfg->backend_timeout_ms);
-		else
-			uv_timer_stop(&r->timer);
-	}
-	if (r->above_high && r->pending < RELAY_LOW_WATER) {
+	if (r->above_high && !r->freeing && relay_pending(r) < RELAY_LOW_WATER) {
 		r->above_high = false;
 		r->cbs->drained(r->ctx);
 	}
 }
 
-static void relay_write_buf(struct relay *r, struct relay_wbuf *w)
+/* ---- the message buffers ---- */
+
+static void relay_drop_message(struct relay *r)
 {
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-	/* Written at once when the socket takes it all: no request and no
-	 * callback (libuv re-arms epoll after each completed request). Not
-	 * while above the high-water mark: the session then waits for the
-	 * drained callback, which only a completed request gives. */
-	int done = r->above_high ? 0 : uv_try_write(&r->conn->h.stream, &b, 1);
-	if (done == (int)w->len) {
-		r->pending -= w->len;
-		free(w);
+	for (unsigned i = 0; i < r->nheld; i++)
+		free(r->held[i]);
+	r->nheld = 0;
+	r->held_bytes = 0;
+	free(r->wcur);
+	r->wcur = NULL;
+	r->holding = r->data_due = r->eod_due = false;
+}
+
+/* The transaction is over at this end (done, refused, reset or lost). */
+static void relay_forget_tx(struct relay *r)
+{
+	r->tx_open = r->parked = false;
+	r->txlen = 0;
+	r->nacc = 0;
+	r->refusal.code = 0;
+	r->data_failed = false;
+	relay_drop_message(r);
+}
+
+static void relay_forget_commands(struct relay *r)
+{
+	r->flen = 0;
+	r->pendlen = r->pend_off = r->sent_off = 0;
+	r->inflight = 0;
+}
+
+/* ---- the connection ---- */
+
+static void relay_give_back(struct relay *r, enum backend_put how)
+{
+	if (r->phase == RELAY_WAITING)
+		backend_pool_cancel(r->pool, &r->waiter);
+	if (r->conn) {
+		struct backend_conn *c = r->conn;
+		r->conn = NULL;
+		backend_pool_put(r->pool, c, how);
+	}
+	r->phase = RELAY_NONE;
+	uv_timer_stop(&r->timer);
+}
+
+/* How a connection in this state goes back: reused only at a command
+ * boundary with nothing unanswered. */
+static enum backend_put relay_put_how(const struct relay *r)
+{
+	if (r->phase != RELAY_OPEN || r->inflight)
+		return BACKEND_PUT_CLOSE;
+	return r->tx_open ? BACKEND_PUT_RESET : BACKEND_PUT_CLEAN;
+}
+
+static void relay_write(struct relay *r, const char *buf, size_t len)
+{
+	backend_conn_write(r->conn, buf, len);
+}
+
+static void relay_arm_reply(struct relay *r)
+{
+	backend_conn_arm(r->conn, r->cfg->backend_timeout_ms);
+}
+
+/* ---- answering the client's commands ---- */
+
+static enum relay_kind relay_fifo_head(const struct relay *r)
+{
+	return (enum relay_kind)r->fifo[r->fhead];
+}
+
+static void relay_fifo_pop(struct relay *r)
+{
+	r->fhead = (r->fhead + 1) % RELAY_FIFO;
+	r->flen--;
+}
+
+/* The line of the oldest unanswered MAIL/RCPT, consumed. */
+static void relay_pend_take(struct relay *r, const char **line, size_t *len)
+{
+	const char *p = r->pend + r->pend_off;
+	const char *nl = memchr(p, '\n', r->pendlen - r->pend_off);
+	assert(nl);
+	*line = p;
+	*len = (size_t)(nl + 1 - p);
+	r->pend_off += *len;
+}
+
+static void relay_pend_compact(struct relay *r)
+{
+	if (r->pend_off == r->pendlen && r->sent_off == r->pendlen)
+		r->pendlen = r->pend_off = r->sent_off = 0;
+}
+
+/* Everything awaited gets TEXT as a made-up 4xx ("lost"); RSET still gets
+ * its 250 (the transaction is gone either way). */
+static void relay_answer_all(struct relay *r, const char *text)
+{
+	struct smtp_reply rep, ok;
+	relay_lost(&rep, text);
+	smtp_reply_set(&ok, 250, "2.0.0 Ok");
+	unsigned n = r->flen;
+	unsigned char kinds[RELAY_FIFO];
+	for (unsigned i = 0; i < n; i++)
+		kinds[i] = r->fifo[(r->fhead + i) % RELAY_FIFO];
+	relay_forget_commands(r);
+	for (unsigned i = 0; i < n && !r->freeing; i++)
+		r->cbs->reply(r->ctx, kinds[i] == RELAY_K_RSET ? &ok : &rep);
+}
+
+static void relay_need_conn(struct relay *r);
+static void relay_send_data_cmd(struct relay *r);
+
+/* DATA, answered here once every earlier answer is in: the message is held
+ * until it is complete or big, so that a client that sends it slowly holds
+ * no backend connection meanwhile. */
+static void relay_answer_data(struct relay *r)
+{
+	struct smtp_reply rep;
+	if (!r->tx_open) {
+		smtp_reply_set(&rep, 503, "5.5.1 No transaction: MAIL was refused");
+	} else if (!r->nacc) {
+		smtp_reply_set(&rep, 554, "5.5.1 No valid recipients");
+	} else {
+		smtp_reply_set(&rep, 354, "End data with <CR><LF>.<CR><LF>");
+		r->holding = true;
+		r->refusal.code = 0;
+	}
+	r->cbs->reply(r->ctx, &rep);
+}
+
+static void relay_answer_rset(struct relay *r)
+{
+	struct smtp_reply ok;
+	if (r->conn || r->phase == RELAY_WAITING)
+		relay_give_back(r, relay_put_how(r));
+	relay_forget_tx(r);
+	smtp_reply_set(&ok, 250, "2.0.0 Ok");
+	r->cbs->reply(r->ctx, &ok);
+}
+
+static void relay_hold_cb(uv_timer_t *t);
+
+/* Answers the commands answered here that are next in line, then decides
+ * what the idle connection does: back to the pool when no transaction is
+ * open, else held for RELAY_HOLD_MS of client silence. */
+static void relay_advance(struct relay *r)
+{
+	while (r->flen && !r->freeing) {
+		enum relay_kind k = relay_fifo_head(r);
+		if (k != RELAY_K_DATA && k != RELAY_K_RSET)
+			return;
+		relay_fifo_pop(r);
+		if (k == RELAY_K_DATA)
+			relay_answer_data(r);
+		else
+			relay_answer_rset(r);
+	}
+	if (r->freeing || r->phase != RELAY_OPEN || r->flen)
 		return;
-	}
-	if (done > 0) {
-		r->pending -= (size_t)done;
-		w->len -= (size_t)done;
-		memmove(w->data, w->data + done, w->len);
-		b = uv_buf_init(w->data, (unsigned)w->len);
-	}
-	w->conn = r->conn;
-	w->req.data = w;
-	int rc = uv_write(&w->req, &r->conn->h.stream, &b, 1, relay_write_cb);
-	if (rc < 0) {
-		r->pending -= w->len;
-		free(w);
-		relay_fail(r, uv_strerror(rc));
+	if (r->data_due) {
+		relay_send_data_cmd(r);
+	} else if (!r->tx_open) {
+		relay_give_back(r, BACKEND_PUT_CLEAN);
+	} else {
+		uv_timer_start(&r->timer, relay_hold_cb, RELAY_HOLD_MS, 0);
 	}
 }
 
-static void relay_send(struct relay *r, const char *buf, size_t len)
+/* ---- failures ---- */
+
+/* The transaction cannot go on at the backend: REASON is logged, TEXT (an
+ * enhanced code and words) answers everything awaited, the message in
+ * progress is refused. The connection is closed if there is one. */
+static void relay_fail_with(struct relay *r, const char *reason, const char *text)
 {
-	struct relay_wbuf *w = malloc(sizeof *w + len);
-	if (!w) {
-		relay_fail(r, "out of memory");
+	if (reason)
+		log_warn("sess=%s event=backend_error backend=%s stage=%s reason=\"%s\"", r->id,
+		         r->cfg->backend.text, relay_phase_names[r->phase], reason);
+	bool eod = r->phase == RELAY_EOD || r->eod_due;
+	bool dot_sent = r->phase == RELAY_EOD;
+	bool in_message = r->holding || r->phase == RELAY_STREAM || r->phase == RELAY_DATA_CMD;
+	/* A transaction open with nothing awaited: the client hears of it at
+	 * its next step (smtp refuses what follows with a 4xx). */
+	bool silent_tx = (r->tx_open || r->parked) && r->flen == 0;
+	relay_give_back(r, BACKEND_PUT_CLOSE);
+	relay_forget_tx(r);
+	relay_answer_all(r, text);
+	if (r->freeing)
 		return;
+	if (eod) {
+		for (unsigned i = r->ngot; i < r->nexpect; i++)
+			relay_lost(&r->replies[i], dot_sent ? "4.4.2 Backend connection lost after the "
+			                                      "message, try again later" : text);
+		r->cbs->data_done(r->ctx, r->replies, r->nexpect);
+	} else if (in_message || silent_tx) {
+		r->data_failed = in_message;
+		r->cbs->failed(r->ctx);
 	}
-	memcpy(w->data, buf, len);
-	w->len = len;
-	r->pending += len;
-	relay_write_buf(r, w);
+	relay_check_drained(r);
 }
 
-static void relay_xtext(char *out, size_t size, const char *in)
+static void relay_fail(struct relay *r, const char *reason)
+{
+	bool before = r->phase == RELAY_WAITING || r->phase == RELAY_SETUP;
+	relay_fail_with(r, reason, before ? "4.4.1 Backend unavailable, try again later"
+	                                  : "4.4.2 Backend connection lost, try again later");
+}
+
+/* ---- getting a connection ready ---- */
+
+/* "ADDR=... PORT=... HELO=..." for what this connection's XCLIENT takes. */
+static void relay_xclient_facts(const struct relay *r, unsigned attrs, char *out, size_t size)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t o = 0;
-	for (; *in && o + 4 < size; in++) {
-		unsigned char c = (unsigned char)*in;
-		if (c < 33 || c > 126 || c == '+' || c == '=') {
-			out[o++] = '+';
-			out[o++] = hex[c >> 4];
-			out[o++] = hex[c & 15];
-		} else {
-			out[o++] = (char)c;
-		}
-	}
-	out[o] = '\0';
-}
-
-static void relay_send_xclient(struct relay *r)
-{
-	char line[600], helo[300];
-	size_t o = (size_t)snprintf(line, sizeof line, "XCLIENT");
-	if (r->xattrs & RELAY_XA_ADDR)
-		o += (size_t)snprintf(line + o, sizeof line - o, " ADDR=%s%s",
+	out[0] = '\0';
+	if (attrs & BACKEND_XA_ADDR)
+		o += (size_t)snprintf(out + o, size - o, " ADDR=%s%s",
 		                      strchr(r->client_ip, ':') ? "IPV6:" : "", r->client_ip);
-	if (r->xattrs & RELAY_XA_PORT)
-		o += (size_t)snprintf(line + o, sizeof line - o, " PORT=%d", r->client_port);
-	if (r->xattrs & RELAY_XA_HELO) {
-		relay_xtext(helo, sizeof helo, r->helo);
-		o += (size_t)snprintf(line + o, sizeof line - o, " HELO=%s", helo);
-	}
-	o += (size_t)snprintf(line + o, sizeof line - o, "\r\n");
-	r->state = RELAY_XCLIENT;
-	relay_arm(r, r->cfg->backend_timeout_ms);
-	relay_send(r, line, o);
-}
-
-static void relay_send_lhlo(struct relay *r, const char *name, enum relay_state next)
-{
-	char line[300];
-	int n = snprintf(line, sizeof line, "LHLO %s\r\n", name);
-	r->caps = 0;
-	r->state = next;
-	/* connect_timeout covers the connection and greeting; each reply after
-	 * that gets the ordinary reply timeout. */
-	relay_arm(r, r->cfg->backend_timeout_ms);
-	relay_send(r, line, (size_t)n);
-}
-
-static void relay_ready(struct relay *r)
-{
-	r->state = RELAY_READY;
-	uv_timer_stop(&r->timer);
-	enum relay_op op = r->op;
-	r->op = RELAY_OP_NONE;
-	if (op == RELAY_OP_HELLO) {
-		struct smtp_reply ok;
-		smtp_reply_set(&ok, 250, "2.0.0 Ok");
-		r->cbs->hello(r->ctx, &ok, r->caps);
-	} else if (op == RELAY_OP_COMMAND) {
-		r->state = RELAY_WAIT;
-		r->inflight = r->nqueued;
-		r->data_inflight = r->queued_data;
-		r->nqueued = 0;
-		r->queued_data = false;
-		relay_arm(r, r->cfg->backend_timeout_ms);
-		size_t len = r->queued_len;
-		r->queued_len = 0;
-		relay_send(r, r->queued, len);
-	}
-}
-
-/* Parses the attribute names of an "XCLIENT ADDR PORT HELO ..." line. */
-static unsigned relay_xclient_attrs(const char *text, size_t len)
-{
-	unsigned attrs = 0;
-	static const struct {
-		const char *name;
-		unsigned bit;
-	} names[] = { { "ADDR", RELAY_XA_ADDR }, { "PORT", RELAY_XA_PORT }, { "HELO", RELAY_XA_HELO } };
-	const char *p = text, *end = text + len;
-	while (p < end) {
-		const char *sp = memchr(p, ' ', (size_t)(end - p));
-		size_t n = (size_t)((sp ? sp : end) - p);
-		for (size_t i = 0; i < 3; i++)
-			if (strlen(names[i].name) == n && strncasecmp(p, names[i].name, n) == 0)
-				attrs |= names[i].bit;
-		p = sp ? sp + 1 : end;
-	}
-	return attrs;
-}
-
-/* A whole reply arrived in r->cur: advance the state machine. */
-static void relay_reply_done(struct relay *r)
-{
-	int code = r->cur.code;
-	switch (r->state) {
-	case RELAY_GREETING:
-		if (code != 220)
-			return relay_fail(r, "backend refused the connection");
-		return relay_send_lhlo(r, r->cfg->hostname, RELAY_LHLO);
-	case RELAY_LHLO:
-		if (code != 250)
-			return relay_fail(r, "LHLO refused");
-		if (r->cfg->xclient && (r->caps & SMTP_EXT_XCLIENT) && r->xattrs)
-			return relay_send_xclient(r);
-		return relay_ready(r);
-	case RELAY_XCLIENT:
-		if (code / 100 != 2) {
-			log_warn("sess=%s event=xclient_refused code=%d", r->id, code);
-			return relay_ready(r);
+	if ((attrs & BACKEND_XA_PORT) && o < size)
+		o += (size_t)snprintf(out + o, size - o, " PORT=%d", r->client_port);
+	if ((attrs & BACKEND_XA_HELO) && o + 6 < size) {
+		o += (size_t)snprintf(out + o, size - o, " HELO=");
+		/* xtext (RFC 3461 4) */
+		for (const char *p = r->helo; *p && o + 4 < size; p++) {
+			unsigned char c = (unsigned char)*p;
+			if (c < 33 || c > 126 || c == '+' || c == '=') {
+				out[o++] = '+';
+				out[o++] = hex[c >> 4];
+				out[o++] = hex[c & 15];
+			} else {
+				out[o++] = (char)c;
+			}
 		}
-		/* XCLIENT restarts the session with a new greeting; LHLO again with
-		 * the client's own name so the backend records it (Dovecot, Postfix). */
-		return relay_send_lhlo(r, r->helo, RELAY_LHLO2);
-	case RELAY_LHLO2:
-		if (code != 250)
-			return relay_fail(r, "LHLO after XCLIENT refused");
-		return relay_ready(r);
-	case RELAY_WAIT: {
-		/* 3xx is only an answer to DATA (354), the last command of a
-		 * group; anything else means the backend and mxfront no longer
-		 * agree on where they are. */
-		bool to_data = r->inflight == 1 && r->data_inflight;
-		if (code / 100 == 3 && !(to_data && code == 354))
-			return relay_fail(r, "unexpected intermediate reply");
-		if (--r->inflight) {
-			relay_arm(r, r->cfg->backend_timeout_ms);
-		} else {
-			uv_timer_stop(&r->timer);
-			r->data_inflight = false;
-			r->state = to_data && code == 354 ? RELAY_DATA : RELAY_READY;
-		}
-		r->cbs->reply(r->ctx, &r->cur);
-		return;
+		out[o] = '\0';
 	}
-	case RELAY_DATA_END:
-		if (code / 100 == 3)
-			return relay_fail(r, "intermediate reply after the final dot");
-		r->replies[r->ngot++] = r->cur;
-		if (r->ngot < r->nexpect) {
-			relay_arm(r, r->cfg->backend_timeout_ms);
+}
+
+/* Writes the lines of the transaction again: all at once to a backend that
+ * pipelines, else the next one. */
+static void relay_replay_next(struct relay *r)
+{
+	const char *p = r->tx + r->replay_off;
+	size_t left = r->txlen - r->replay_off;
+	size_t n = left;
+	if (!(r->conn->caps & SMTP_EXT_PIPELINING)) {
+		const char *nl = memchr(p, '\n', left);
+		n = (size_t)(nl + 1 - p);
+	}
+	r->replay_off += n;
+	relay_write(r, p, n);
+	relay_arm_reply(r);
+}
+
+static void relay_flush_commands(struct relay *r);
+
+/* The next step of getting a borrowed connection ready for this session. */
+static void relay_setup_next(struct relay *r, enum relay_setup from)
+{
+	struct backend_conn *c = r->conn;
+	if (from <= RELAY_SETUP_XCLIENT && r->cfg->xclient && (c->caps & SMTP_EXT_XCLIENT) &&
+	    c->xattrs) {
+		relay_xclient_facts(r, c->xattrs, r->xclient, sizeof r->xclient);
+		if (strcmp(c->xclient, r->xclient) != 0) {
+			char line[400];
+			int n = snprintf(line, sizeof line, "XCLIENT%s\r\n", r->xclient);
+			r->setup = RELAY_SETUP_XCLIENT;
+			relay_write(r, line, (size_t)n);
+			relay_arm_reply(r);
 			return;
 		}
-		uv_timer_stop(&r->timer);
-		r->state = RELAY_READY;
-		r->cbs->data_done(r->ctx, r->replies, r->nexpect);
+	}
+	if (from <= RELAY_SETUP_REPLAY && r->parked && r->txlen) {
+		r->setup = RELAY_SETUP_REPLAY;
+		r->replay_off = 0;
+		r->replay_left = 1 + r->nacc;
+		relay_replay_next(r);
 		return;
-	default:
+	}
+	r->parked = false;
+	r->phase = RELAY_OPEN;
+	backend_conn_disarm(c);
+	/* Got at once, inside relay_command: the rest of the client's group
+	 * joins this command in relay_flush()'s one write. */
+	if (!r->in_command)
+		relay_flush_commands(r);
+	relay_advance(r);
+}
+
+static void relay_setup_reply(struct relay *r, const struct smtp_reply *rep)
+{
+	switch (r->setup) {
+	case RELAY_SETUP_XCLIENT:
+		/* This session's facts are on the connection from now on (or the
+		 * backend refused them: not asked again for this session). */
+		snprintf(r->conn->xclient, sizeof r->conn->xclient, "%s", r->xclient);
+		if (rep->code / 100 != 2) {
+			log_warn("sess=%s event=xclient_refused code=%d", r->id, rep->code);
+			return relay_setup_next(r, RELAY_SETUP_REPLAY);
+		}
+		/* XCLIENT starts the session over with a new greeting; LHLO again
+		 * with the client's own name so the backend records it (Dovecot,
+		 * Postfix). */
+		char line[300];
+		int n = snprintf(line, sizeof line, "LHLO %s\r\n", r->helo[0] ? r->helo : r->cfg->hostname);
+		r->setup = RELAY_SETUP_LHLO;
+		backend_conn_expect_lhlo(r->conn);
+		relay_write(r, line, (size_t)n);
+		relay_arm_reply(r);
+		return;
+	case RELAY_SETUP_LHLO:
+		if (rep->code != 250)
+			return relay_fail(r, "LHLO after XCLIENT refused");
+		return relay_setup_next(r, RELAY_SETUP_REPLAY);
+	case RELAY_SETUP_REPLAY:
+		if (rep->code / 100 != 2) {
+			/* What the client was told no longer holds: the transaction is
+			 * lost (a 4xx for it), never half of it delivered. */
+			char why[80];
+			snprintf(why, sizeof why, "transaction refused when resumed (%d)", rep->code);
+			return relay_fail(r, why);
+		}
+		if (--r->replay_left == 0)
+			return relay_setup_next(r, RELAY_SETUP_DONE);
+		if (!(r->conn->caps & SMTP_EXT_PIPELINING))
+			relay_replay_next(r);
+		else
+			relay_arm_reply(r);
+		return;
+	case RELAY_SETUP_DONE:
 		return relay_fail(r, "reply without a command");
 	}
 }
 
-/* One reply line (with its ending). Returns -1 once the connection is gone. */
-static int relay_line(struct relay *r, const char *line, size_t len, unsigned flags)
+static void relay_ready_cb(struct backend_waiter *w, struct backend_conn *c,
+                           enum backend_get_result result)
 {
-	int code;
-	bool last;
-	const char *text;
-	size_t textlen;
-	if (flags || len < 2 ||
-	    smtp_parse_reply_line(line, len - 2, &code, &last, &text, &textlen) < 0) {
-		relay_fail(r, "garbage reply");
-		return -1;
-	}
-	if (r->cur.code == 0) {
-		r->cur.code = code;
-		r->cur.len = 0;
-		r->cur.lost = false;
-	} else if (r->cur.code != code) {
-		relay_fail(r, "reply code changed within a multi-line reply");
-		return -1;
-	}
-	if (r->state == RELAY_LHLO || r->state == RELAY_LHLO2) {
-		unsigned ext = smtp_parse_ext(text, textlen);
-		r->caps |= ext;
-		if (ext == SMTP_EXT_XCLIENT)
-			r->xattrs = relay_xclient_attrs(text, textlen);
-	}
-	smtp_reply_add_line(&r->cur, text, textlen);
-	if (!last)
-		return 0;
-	struct relay_conn *conn = r->conn;
-	relay_reply_done(r);
-	r->cur.code = 0;
-	return (r->conn == conn && !r->freeing) ? 0 : -1;
-}
-
-static void relay_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-	struct relay_conn *c = h->data;
-	buf->base = c->in + c->inlen;
-	buf->len = sizeof c->in - c->inlen;
-}
-
-/* Takes every whole reply line read so far. */
-static void relay_read_lines(struct relay *r, struct relay_conn *c)
-{
-	size_t off = 0;
-	for (;;) {
-		const char *line;
-		size_t linelen;
-		unsigned flags;
-		size_t n = smtp_frame(&c->framer, c->in + off, c->inlen - off, sizeof c->in, &line,
-		                      &linelen, &flags);
-		if (n == 0)
-			break;
-		off += n;
-		if (!line || relay_line(r, line, linelen, flags) < 0) {
-			if (!line)
-				relay_fail(r, "reply line too long");
-			return;
-		}
-	}
-	memmove(c->in, c->in + off, c->inlen - off);
-	c->inlen -= off;
-}
-
-static void relay_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-	struct relay_conn *c = stream->data;
-	struct relay *r = c->r;
-	if (!r || nread == 0)
-		return;
-	if (nread < 0) {
-		relay_fail(r, nread == UV_EOF ? "backend closed the connection" : uv_strerror((int)nread));
+	struct relay *r = (struct relay *)((char *)w - offsetof(struct relay, waiter));
+	if (result == BACKEND_GOT) {
+		r->conn = c;
+		r->phase = RELAY_SETUP;
+		backend_conn_set_owner(c, &relay_conn_cbs, r);
+		relay_setup_next(r, RELAY_SETUP_XCLIENT);
 		return;
 	}
-	c->inlen += (size_t)nread;
-	/* r stays allocated through the callbacks (relay_free only marks it). */
-	r->cbs->batch(r->ctx, true);
-	relay_read_lines(r, c);
-	r->cbs->batch(r->ctx, false);
+	r->phase = RELAY_NONE;
+	if (result == BACKEND_BUSY) {
+		log_warn("sess=%s event=limit kind=backend_queue client=%s wait_ms=%u", r->id,
+		         r->client_ip, r->cfg->backend_queue_timeout_ms);
+		relay_fail_with(r, NULL, "4.3.2 Backend busy, try again later");
+	} else {
+		relay_fail_with(r, NULL, "4.4.1 Backend unavailable, try again later");
+	}
 }
 
-static void relay_connect_cb(uv_connect_t *req, int status)
+static void relay_need_conn(struct relay *r)
 {
-	struct relay_conn *c = req->data;
-	struct relay *r = c->r;
-	if (!r)
+	if (r->phase != RELAY_NONE)
 		return;
-	if (status < 0) {
-		relay_fail(r, uv_strerror(status));
-		return;
-	}
-	r->state = RELAY_GREETING;
-	int rc = uv_read_start(&c->h.stream, relay_alloc_cb, relay_read_cb);
-	if (rc < 0)
-		relay_fail(r, uv_strerror(rc));
+	r->phase = RELAY_WAITING;
+	backend_pool_get(r->pool, &r->waiter);
 }
 
-static void relay_connect(struct relay *r, enum relay_op op)
+/* ---- commands ---- */
+
+/* Writes the MAIL/RCPT lines not written yet. */
+static void relay_flush_commands(struct relay *r)
 {
-	struct relay_conn *c = calloc(1, sizeof *c);
-	if (!c) {
-		r->op = op;
-		r->state = RELAY_CONNECTING;
-		relay_fail(r, "out of memory");
+	if (r->phase != RELAY_OPEN || r->sent_off == r->pendlen)
 		return;
-	}
-	c->r = r;
-	c->h.handle.data = c;
-	c->connect.data = c;
-	r->conn = c;
-	r->op = op;
-	r->state = RELAY_CONNECTING;
-	r->cur.code = 0;
-	relay_arm(r, r->cfg->backend_connect_timeout_ms);
-	const struct config_addr *a = &r->cfg->backend;
-	int rc;
-	if (a->unix_path) {
-		uv_pipe_init(r->loop, &c->h.pipe, 0);
-		uv_pipe_connect(&c->connect, &c->h.pipe, a->unix_path, relay_connect_cb);
-		return;
-	}
-	uv_tcp_init(r->loop, &c->h.tcp);
-	uv_tcp_nodelay(&c->h.tcp, 1);
-	rc = uv_tcp_connect(&c->connect, &c->h.tcp, (const struct sockaddr *)&a->sa, relay_connect_cb);
-	if (rc < 0)
-		relay_fail(r, uv_strerror(rc));
+	const char *p = r->pend + r->sent_off;
+	size_t n = r->pendlen - r->sent_off;
+	for (size_t i = 0; i < n; i++)
+		r->inflight += p[i] == '\n';
+	r->sent_off = r->pendlen;
+	relay_write(r, p, n);
+	if (r->conn)
+		relay_arm_reply(r);
 }
 
-void relay_hello(struct relay *r, const char *helo)
+static void relay_command_reply(struct relay *r, const struct smtp_reply *rep)
 {
-	snprintf(r->helo, sizeof r->helo, "%s", helo);
-	if (r->state == RELAY_IDLE) {
-		relay_connect(r, RELAY_OP_HELLO);
-		return;
+	if (!r->inflight || !r->flen)
+		return relay_fail(r, "reply without a command");
+	if (rep->code / 100 == 3)
+		return relay_fail(r, "unexpected intermediate reply");
+	enum relay_kind k = relay_fifo_head(r);
+	relay_fifo_pop(r);
+	const char *line;
+	size_t len;
+	relay_pend_take(r, &line, &len);
+	r->inflight--;
+	if (rep->code / 100 == 2 && k == RELAY_K_MAIL) {
+		r->txlen = 0;
+		r->nacc = 0;
+		r->tx_open = growbuf_append(&r->tx, &r->txlen, &r->txcap, line, len) == 0;
+	} else if (rep->code / 100 == 2 && k == RELAY_K_RCPT && r->tx_open) {
+		if (growbuf_append(&r->tx, &r->txlen, &r->txcap, line, len) == 0)
+			r->nacc++;
 	}
-	struct smtp_reply ok;
-	smtp_reply_set(&ok, 250, "2.0.0 Ok");
-	r->cbs->hello(r->ctx, &ok, r->caps);
+	relay_pend_compact(r);
+	if (r->inflight)
+		relay_arm_reply(r);
+	else
+		backend_conn_disarm(r->conn);
+	r->cbs->reply(r->ctx, rep);
+	if (!r->freeing)
+		relay_advance(r);
 }
-
-static void relay_gather(struct relay *r, const char *buf, size_t len);
 
 void relay_command(struct relay *r, const char *line, size_t len)
 {
-	struct smtp_reply rep;
-	bool is_data = len >= 4 && strncasecmp(line, "DATA", 4) == 0;
-	bool connecting = r->state >= RELAY_CONNECTING && r->state <= RELAY_LHLO2;
-	if ((r->state == RELAY_READY || r->state == RELAY_WAIT) && !r->data_inflight) {
-		/* Gathered with the rest of this round's output: a pipelined
-		 * group leaves in one write (relay_flush). */
-		r->state = RELAY_WAIT;
-		r->inflight++;
-		r->data_inflight = is_data;
-		relay_arm(r, r->cfg->backend_timeout_ms);
-		relay_gather(r, line, len);
-		return;
-	}
-	if ((r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "MAIL", 4) == 0) ||
-	    (connecting && r->op == RELAY_OP_COMMAND && !r->queued_data)) {
-		if (growbuf_append(&r->queued, &r->queued_len, &r->queued_cap, line, len) < 0) {
-			relay_lost(&rep, "4.3.0 Out of memory, try again later");
-			r->cbs->reply(r->ctx, &rep);
-			return;
-		}
-		r->nqueued++;
-		r->queued_data = is_data;
-		if (r->state == RELAY_IDLE)
-			relay_connect(r, RELAY_OP_COMMAND);
-		return;
-	}
-	if (r->state == RELAY_IDLE && len >= 4 && strncasecmp(line, "RSET", 4) == 0) {
-		smtp_reply_set(&rep, 250, "2.0.0 Ok");
+	r->last_active = uv_now(r->loop);
+	enum relay_kind k = RELAY_K_RCPT;
+	if (len >= 4 && strncasecmp(line, "MAIL", 4) == 0)
+		k = RELAY_K_MAIL;
+	else if (len >= 4 && strncasecmp(line, "DATA", 4) == 0)
+		k = RELAY_K_DATA;
+	else if (len >= 4 && strncasecmp(line, "RSET", 4) == 0)
+		k = RELAY_K_RSET;
+	assert(r->flen < RELAY_FIFO);
+	if ((k == RELAY_K_MAIL || k == RELAY_K_RCPT) &&
+	    growbuf_append(&r->pend, &r->pendlen, &r->pendcap, line, len) < 0) {
+		struct smtp_reply rep;
+		relay_lost(&rep, "4.3.0 Out of memory, try again later");
 		r->cbs->reply(r->ctx, &rep);
 		return;
 	}
-	/* Any other command on a broken connection: its transaction is gone. */
-	relay_lost(&rep, "4.4.2 Backend connection lost, try again later");
-	r->cbs->reply(r->ctx, &rep);
-}
-
-void relay_flush(struct relay *r)
-{
-	struct relay_wbuf *w = r->wcur;
-	if (!w || !r->conn)
+	if (k == RELAY_K_MAIL)
+		relay_forget_tx(r);
+	r->fifo[(r->fhead + r->flen++) % RELAY_FIFO] = (unsigned char)k;
+	if (k == RELAY_K_DATA || k == RELAY_K_RSET) {
+		relay_advance(r);
 		return;
-	r->wcur = NULL;
-	relay_write_buf(r, w);
-	if (r->conn && r->state == RELAY_DATA && r->pending)
-		relay_arm(r, r->cfg->backend_timeout_ms);
+	}
+	uv_timer_stop(&r->timer);
+	/* Written at relay_flush() with the rest of this round's commands: a
+	 * pipelined group leaves in one write. */
+	r->in_command = true;
+	relay_need_conn(r);
+	r->in_command = false;
 }
 
-/* Appends to the output being gathered; a full chunk is written at once. */
-static void relay_gather(struct relay *r, const char *buf, size_t len)
+/* ---- the message ---- */
+
+static void relay_stream_cb(uv_timer_t *t);
+
+static void relay_send_data_cmd(struct relay *r)
 {
-	while (len && r->conn) {
-		if (!r->wcur) {
-			r->wcur = malloc(sizeof *r->wcur + RELAY_CHUNK);
-			if (!r->wcur) {
-				relay_fail(r, "out of memory");
-				return;
-			}
-			r->wcur->len = 0;
+	r->data_due = true;
+	if (r->phase == RELAY_NONE) {
+		relay_need_conn(r);
+		return;
+	}
+	if (r->phase != RELAY_OPEN || r->flen)
+		return; /* once the connection is ready (relay_advance) */
+	uv_timer_stop(&r->timer);
+	r->data_due = false;
+	r->phase = RELAY_DATA_CMD;
+	relay_write(r, "DATA\r\n", 6);
+	relay_arm_reply(r);
+}
+
+/* The backend refused DATA: the message is refused with its reply. */
+static void relay_data_refused(struct relay *r, const struct smtp_reply *rep)
+{
+	bool eod = r->eod_due;
+	r->refusal = *rep;
+	r->phase = RELAY_OPEN;
+	backend_conn_disarm(r->conn);
+	relay_drop_message(r);
+	relay_give_back(r, BACKEND_PUT_RESET);
+	r->tx_open = false;
+	if (eod) {
+		for (unsigned i = 0; i < r->nexpect; i++)
+			r->replies[i] = r->refusal;
+		r->cbs->data_done(r->ctx, r->replies, r->nexpect);
+	}
+	relay_check_drained(r);
+}
+
+static void relay_data_cmd_reply(struct relay *r, const struct smtp_reply *rep)
+{
+	if (rep->code == 354) {
+		bool eod = r->eod_due;
+		r->phase = RELAY_STREAM;
+		r->holding = false;
+		r->eod_due = false;
+		backend_conn_disarm(r->conn);
+		/* The chunks become the connection's one by one; a write that
+		 * fails midway leaves the rest here to free. */
+		struct backend_wbuf **held = r->held;
+		unsigned nheld = r->nheld;
+		r->held = NULL;
+		r->nheld = r->heldcap = 0;
+		r->held_bytes = 0;
+		for (unsigned i = 0; i < nheld; i++) {
+			if (r->conn)
+				backend_conn_write_owned(r->conn, held[i]);
+			else
+				free(held[i]);
 		}
-		size_t n = RELAY_CHUNK - r->wcur->len;
+		free(held);
+		if (!r->conn)
+			return;
+		if (eod) {
+			r->phase = RELAY_EOD;
+			relay_write(r, ".\r\n", 3);
+			relay_arm_reply(r);
+		} else {
+			r->stall_mark = r->conn->written;
+			uv_timer_start(&r->timer, relay_stream_cb, r->cfg->backend_timeout_ms, 0);
+		}
+		relay_check_drained(r);
+		return;
+	}
+	if (rep->code / 100 == 4 || rep->code / 100 == 5)
+		return relay_data_refused(r, rep);
+	relay_fail(r, rep->code / 100 == 2 ? "DATA answered 2xx, not 354"
+	                                   : "unexpected intermediate reply");
+}
+
+/* Appends to what is held (before DATA) or gathered (streaming). */
+static int relay_gather(struct relay *r, const char *buf, size_t len)
+{
+	while (len) {
+		struct backend_wbuf *w = r->holding ? (r->nheld ? r->held[r->nheld - 1] : NULL) : r->wcur;
+		if (!w || *backend_wbuf_len(w) == RELAY_CHUNK) {
+			if (!r->holding && w) {
+				r->wcur = NULL;
+				backend_conn_write_owned(r->conn, w);
+				if (!r->conn)
+					return -1;
+			}
+			w = backend_wbuf_new(RELAY_CHUNK);
+			if (!w)
+				return -1;
+			if (r->holding) {
+				if (r->nheld == r->heldcap) {
+					unsigned cap = r->heldcap ? r->heldcap * 2 : 8;
+					struct backend_wbuf **grown = realloc(r->held, cap * sizeof *grown);
+					if (!grown) {
+						free(w);
+						return -1;
+					}
+					r->held = grown;
+					r->heldcap = cap;
+				}
+				r->held[r->nheld++] = w;
+			} else {
+				r->wcur = w;
+			}
+		}
+		size_t *wl = backend_wbuf_len(w);
+		size_t n = RELAY_CHUNK - *wl;
 		if (n > len)
 			n = len;
-		memcpy(r->wcur->data + r->wcur->len, buf, n);
-		r->wcur->len += n;
-		r->pending += n;
+		memcpy(backend_wbuf_data(w) + *wl, buf, n);
+		*wl += n;
+		if (r->holding)
+			r->held_bytes += n;
 		buf += n;
 		len -= n;
-		if (r->wcur->len == RELAY_CHUNK)
-			relay_flush(r);
 	}
+	return 0;
 }
 
 void relay_data(struct relay *r, const char *buf, size_t len)
 {
-	if (r->state != RELAY_DATA)
+	if (r->data_failed || r->refusal.code || (!r->holding && r->phase != RELAY_STREAM))
 		return;
-	relay_gather(r, buf, len);
-	if (r->pending > RELAY_HIGH_WATER)
+	/* Not activity: a message not complete within RELAY_HOLD_MS of its DATA
+	 * gives the connection back however fast its lines trickle in. */
+	if (relay_gather(r, buf, len) < 0) {
+		relay_fail(r, "out of memory");
+		return;
+	}
+	if (r->holding && !r->data_due && r->held_bytes >= RELAY_HOLD_MAX)
+		relay_send_data_cmd(r);
+	if (relay_pending(r) > RELAY_HIGH_WATER)
 		r->above_high = true;
 }
 
@@ -636,55 +705,177 @@ void relay_data_end(struct relay *r, unsigned nrcpt)
 	r->replies = calloc(nrcpt ? nrcpt : 1, sizeof *r->replies);
 	r->nexpect = nrcpt;
 	r->ngot = 0;
-	if (r->state != RELAY_DATA || !r->replies) {
-		if (r->replies) {
-			for (unsigned i = 0; i < nrcpt; i++)
-				relay_lost(&r->replies[i], "4.4.2 Backend connection lost, try again later");
-			r->cbs->data_done(r->ctx, r->replies, nrcpt);
-		} else {
-			relay_fail(r, "out of memory");
-		}
+	if (!r->replies) {
+		relay_fail(r, "out of memory");
 		return;
 	}
-	relay_data(r, ".\r\n", 3);
-	r->state = RELAY_DATA_END;
+	if (r->refusal.code || r->data_failed || (!r->holding && r->phase != RELAY_STREAM)) {
+		for (unsigned i = 0; i < nrcpt; i++) {
+			if (r->refusal.code)
+				r->replies[i] = r->refusal;
+			else
+				relay_lost(&r->replies[i], "4.4.2 Backend connection lost, try again later");
+		}
+		relay_forget_tx(r);
+		r->cbs->data_done(r->ctx, r->replies, nrcpt);
+		return;
+	}
+	if (r->holding) {
+		r->eod_due = true;
+		relay_send_data_cmd(r);
+		return;
+	}
+	if (relay_gather(r, ".\r\n", 3) < 0) {
+		relay_fail(r, "out of memory");
+		return;
+	}
+	r->phase = RELAY_EOD;
 	relay_flush(r);
+	uv_timer_stop(&r->timer);
 	if (r->conn)
-		relay_arm(r, r->cfg->backend_timeout_ms);
+		relay_arm_reply(r);
+}
+
+static void relay_eod_reply(struct relay *r, const struct smtp_reply *rep)
+{
+	if (rep->code / 100 == 3)
+		return relay_fail(r, "intermediate reply after the final dot");
+	r->replies[r->ngot++] = *rep;
+	if (r->ngot < r->nexpect) {
+		relay_arm_reply(r);
+		return;
+	}
+	/* The transaction is done at the backend: the connection is clean. */
+	r->phase = RELAY_OPEN;
+	relay_forget_tx(r);
+	relay_give_back(r, BACKEND_PUT_CLEAN);
+	r->cbs->data_done(r->ctx, r->replies, r->nexpect);
+}
+
+void relay_flush(struct relay *r)
+{
+	relay_flush_commands(r);
+	if (r->wcur && r->conn && (r->phase == RELAY_STREAM || r->phase == RELAY_EOD)) {
+		struct backend_wbuf *w = r->wcur;
+		r->wcur = NULL;
+		backend_conn_write_owned(r->conn, w);
+	}
 }
 
 void relay_abort(struct relay *r)
 {
 	if (r->conn)
-		log_info("sess=%s event=backend_abort stage=%s", r->id, relay_state_names[r->state]);
-	relay_drop(r);
-	r->state = RELAY_IDLE;
-	r->op = RELAY_OP_NONE;
+		log_info("sess=%s event=backend_abort stage=%s", r->id, relay_phase_names[r->phase]);
+	/* Message bytes may have gone out: only a connection that never saw the
+	 * backend's DATA is reused. */
+	relay_give_back(r, relay_put_how(r));
+	relay_forget_tx(r);
 	relay_forget_commands(r);
-	if (r->above_high) {
-		r->above_high = false;
-		r->cbs->drained(r->ctx);
+	relay_check_drained(r);
+}
+
+/* ---- timers and connection events ---- */
+
+static void relay_hold_cb(uv_timer_t *t)
+{
+	struct relay *r = t->data;
+	if (r->phase != RELAY_OPEN || r->flen || !r->tx_open || !r->conn)
+		return;
+	uint64_t quiet = uv_now(r->loop) - r->last_active;
+	if (quiet < RELAY_HOLD_MS) {
+		uv_timer_start(&r->timer, relay_hold_cb, RELAY_HOLD_MS - quiet, 0);
+		return;
+	}
+	/* The client is slow: others may need the connection more. */
+	log_debug("sess=%s event=backend_release reason=client_silent", r->id);
+	relay_give_back(r, BACKEND_PUT_RESET);
+	r->parked = true;
+}
+
+/* Streaming: the backend must keep taking what is queued for it. */
+static void relay_stream_cb(uv_timer_t *t)
+{
+	struct relay *r = t->data;
+	if (r->phase != RELAY_STREAM || !r->conn)
+		return;
+	if (r->conn->pending && r->conn->written == r->stall_mark)
+		return relay_fail(r, "timeout");
+	r->stall_mark = r->conn->written;
+	uv_timer_start(&r->timer, relay_stream_cb, r->cfg->backend_timeout_ms, 0);
+}
+
+static void relay_conn_reply(void *owner, struct backend_conn *c, const struct smtp_reply *rep)
+{
+	struct relay *r = owner;
+	switch (r->phase) {
+	case RELAY_SETUP:
+		return relay_setup_reply(r, rep);
+	case RELAY_OPEN:
+		return relay_command_reply(r, rep);
+	case RELAY_DATA_CMD:
+		return relay_data_cmd_reply(r, rep);
+	case RELAY_EOD:
+		return relay_eod_reply(r, rep);
+	default:
+		return relay_fail(r, "reply without a command");
 	}
 }
 
-size_t relay_pending(const struct relay *r)
+static void relay_conn_error(void *owner, struct backend_conn *c, const char *reason)
 {
-	return r->pending;
+	relay_fail(owner, reason);
 }
 
-struct relay *relay_new(uv_loop_t *loop, const struct config *cfg, const struct relay_cbs *cbs,
-                        void *ctx, const char *id, const char *client_ip, int client_port)
+static void relay_conn_drained(void *owner, struct backend_conn *c)
+{
+	relay_check_drained(owner);
+}
+
+static void relay_conn_batch(void *owner, struct backend_conn *c, bool begin)
+{
+	struct relay *r = owner;
+	if (!r->freeing)
+		r->cbs->batch(r->ctx, begin);
+}
+
+static const struct backend_conn_cbs relay_conn_cbs = {
+	.reply = relay_conn_reply,
+	.error = relay_conn_error,
+	.drained = relay_conn_drained,
+	.batch = relay_conn_batch,
+};
+
+/* ---- lifecycle ---- */
+
+void relay_hello(struct relay *r, const char *helo)
+{
+	snprintf(r->helo, sizeof r->helo, "%s", helo);
+	bool known;
+	unsigned caps = backend_pool_caps(r->pool, &known);
+	struct smtp_reply rep;
+	if (known)
+		smtp_reply_set(&rep, 250, "2.0.0 Ok");
+	else
+		relay_lost(&rep, "4.4.1 Backend capabilities not known yet");
+	r->cbs->hello(r->ctx, &rep, known ? caps : 0);
+}
+
+struct relay *relay_new(uv_loop_t *loop, struct backend_pool *pool, const struct config *cfg,
+                        const struct relay_cbs *cbs, void *ctx, const char *id,
+                        const char *client_ip, int client_port)
 {
 	struct relay *r = calloc(1, sizeof *r);
 	if (!r)
 		return NULL;
 	r->loop = loop;
+	r->pool = pool;
 	r->cfg = cfg;
 	r->cbs = cbs;
 	r->ctx = ctx;
 	r->id = id;
 	r->client_ip = client_ip;
 	r->client_port = client_port;
+	r->waiter.ready = relay_ready_cb;
 	uv_timer_init(loop, &r->timer);
 	r->timer.data = r;
 	return r;
@@ -694,7 +885,9 @@ static void relay_timer_close_cb(uv_handle_t *h)
 {
 	struct relay *r = h->data;
 	free(r->replies);
-	free(r->queued);
+	free(r->pend);
+	free(r->tx);
+	free(r->held);
 	free(r);
 }
 
@@ -703,6 +896,7 @@ void relay_free(struct relay *r)
 	if (!r)
 		return;
 	r->freeing = true;
-	relay_drop(r);
+	relay_give_back(r, relay_put_how(r));
+	relay_drop_message(r);
 	uv_close((uv_handle_t *)&r->timer, relay_timer_close_cb);
 }

@@ -405,7 +405,8 @@ int reload_start(struct reload *r, char *err, size_t errsize)
 		reload_worker_fds(&r->first, r->nworkers, w, fds);
 		for (size_t i = 0; i < r->first.n; i++)
 			r->first.fds[i * r->nworkers + w] = -1; /* handed over */
-		r->workers[w] = worker_start(w, r->shared, r->cfg, r->tc, fds, reload_worker_stopped, r);
+		r->workers[w] = worker_start(w, r->nworkers, r->shared, r->cfg, r->tc, fds,
+		                             reload_worker_stopped, r);
 		if (!r->workers[w]) {
 			snprintf(err, errsize, "cannot start worker thread %u", w);
 			reload_binding_close(&r->first, r->nworkers);

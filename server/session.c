@@ -29,6 +29,7 @@ struct session {
 	struct session_link link;
 	struct smtp *smtp;
 	struct relay *relay;
+	struct backend_pool *pool;
 	struct tls_context *tc; /* a reference, or NULL */
 	const char *listener_default;
 	struct tls *tls;        /* after STARTTLS */
@@ -41,6 +42,8 @@ struct session {
 	char client_ip[INET6_ADDRSTRLEN];
 	int client_port;
 	uint64_t started_ms;
+	uint64_t last_line_ms; /* the client's last complete line */
+	uint64_t idle_since;   /* the end of the last transaction, or the start */
 	int handles;
 
 	bool closing;
@@ -71,6 +74,12 @@ struct session_wbuf {
 
 static void session_process(struct session *s);
 static void session_flush(struct session *s);
+static void session_arm_timer(struct session *s);
+
+static uint64_t session_now_ms(uv_loop_t *loop)
+{
+	return uv_now(loop);
+}
 
 /* ---- output ---- */
 
@@ -303,17 +312,49 @@ static void session_timer_cb(uv_timer_t *t)
 		uv_timer_again(t);
 		return;
 	}
-	log_info("sess=%s event=timeout state=%s", s->id, smtp_in_data(s->smtp) ? "data" : "command");
-	smtp_goodbye(s->smtp, "4.4.2", "Timeout, closing connection", "timeout");
+	uint64_t now = session_now_ms(s->loop);
+	unsigned wait = smtp_in_data(s->smtp) ? s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
+	if (smtp_idle(s->smtp) && now - s->idle_since >= s->cfg->idle_timeout_ms) {
+		/* Talking without ever sending mail (NOOPs, EHLOs) holds a slot. */
+		log_info("sess=%s event=timeout state=idle client=%s", s->id, s->client_ip);
+		smtp_goodbye(s->smtp, "4.4.2", "Idle too long without mail, closing connection",
+		             "idle_timeout");
+	} else if (now - s->last_line_ms >= wait) {
+		log_info("sess=%s event=timeout state=%s", s->id,
+		         smtp_in_data(s->smtp) ? "data" : "command");
+		smtp_goodbye(s->smtp, "4.4.2", "Timeout, closing connection", "timeout");
+	} else {
+		session_arm_timer(s); /* an earlier deadline was due: the next one */
+		return;
+	}
 	session_flush(s);
 }
 
+/* Times the client from its last line: the command or data timeout, or
+ * the handshake's; between transactions also [timeouts] idle since the last
+ * one ended, whichever comes first. */
 static void session_arm_timer(struct session *s)
 {
+	uint64_t now = session_now_ms(s->loop);
+	if (!smtp_idle(s->smtp))
+		s->idle_since = now;
 	unsigned ms = smtp_in_data(s->smtp) ? s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
-	if (s->tls && !s->tls_ready)
+	if (s->tls && !s->tls_ready) {
 		ms = s->cfg->handshake_timeout_ms;
-	uv_timer_start(&s->timer, session_timer_cb, ms, ms);
+	} else if (smtp_idle(s->smtp)) {
+		uint64_t due = s->idle_since + s->cfg->idle_timeout_ms;
+		uint64_t left = due > now ? due - now : 0;
+		if (left < ms)
+			ms = (unsigned)left;
+	}
+	uv_timer_start(&s->timer, session_timer_cb, ms, ms ? ms : 1);
+}
+
+/* A complete line from the client: its timeouts start again. */
+static void session_client_line(struct session *s)
+{
+	s->last_line_ms = session_now_ms(s->loop);
+	session_arm_timer(s);
 }
 
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -351,7 +392,7 @@ static int session_tls_handshake(struct session *s)
 	         tls_sni(s->tls), tls_cert(s->tls), tls_match(s->tls), tls_version(s->tls),
 	         tls_cipher(s->tls), tls_resumed(s->tls) ? "yes" : "no");
 	smtp_tls_started(s->smtp, info);
-	session_arm_timer(s);
+	session_client_line(s);
 	return 0;
 }
 
@@ -428,7 +469,7 @@ static void session_start_tls(struct session *s)
 		session_close(s, "tls setup failed");
 		return;
 	}
-	session_arm_timer(s);
+	session_client_line(s);
 }
 
 static bool session_can_read(const struct session *s)
@@ -473,7 +514,7 @@ static void session_process(struct session *s)
 			if (line) {
 				smtp_line(s->smtp, line, len, flags);
 				if (!s->closing)
-					session_arm_timer(s);
+					session_client_line(s);
 			}
 		}
 		memmove(s->in, s->in + off, s->inlen - off);
@@ -503,11 +544,6 @@ static void session_process(struct session *s)
 
 /* ---- lifecycle ---- */
 
-static uint64_t session_now_ms(uv_loop_t *loop)
-{
-	return uv_now(loop);
-}
-
 static atomic_uint_fast64_t session_counter;
 static uint64_t session_seed;
 static pthread_once_t session_seed_once = PTHREAD_ONCE_INIT;
@@ -529,7 +565,8 @@ static void session_make_id(char *out, size_t size)
 }
 
 struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                            const char *listener_default, const struct session_owner *owner)
+                            const char *listener_default, struct backend_pool *pool,
+                            const struct session_owner *owner)
 {
 	struct session *s = calloc(1, sizeof *s);
 	if (!s)
@@ -538,6 +575,7 @@ struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_cont
 	s->cfg = config_ref(cfg);
 	s->tc = tc ? tls_context_ref(tc) : NULL;
 	s->listener_default = listener_default;
+	s->pool = pool;
 	s->owner = *owner;
 	s->link.session = s;
 	session_make_id(s->id, sizeof s->id);
@@ -587,18 +625,19 @@ static void session_greet_cb(uv_timer_t *t)
 		return;
 	s->pregreet = false;
 	smtp_greet(s->smtp);
-	session_arm_timer(s);
+	session_client_line(s);
 	session_process(s);
 }
 
 void session_start(struct session *s, const char *refuse)
 {
 	s->started_ms = session_now_ms(s->loop);
+	s->idle_since = s->started_ms;
 	session_peer(s);
 	uv_tcp_nodelay(&s->tcp, 1);
 	log_info("sess=%s event=connect client=%s port=%d", s->id, s->client_ip, s->client_port);
 	s->smtp = smtp_new(s->cfg, &session_smtp_ops, s, s->id, s->client_ip);
-	s->relay = relay_new(s->loop, s->cfg, &session_relay_cbs, s, s->id, s->client_ip,
+	s->relay = relay_new(s->loop, s->pool, s->cfg, &session_relay_cbs, s, s->id, s->client_ip,
 	                     s->client_port);
 	if (!s->smtp || !s->relay) {
 		session_close(s, "out of memory");
@@ -621,7 +660,7 @@ void session_start(struct session *s, const char *refuse)
 		return;
 	}
 	smtp_greet(s->smtp);
-	session_arm_timer(s);
+	session_client_line(s);
 	session_process(s);
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <uv.h>
 
+#include "backend_pool.h"
 #include "config.h"
 #include "tls.h"
 
@@ -21,9 +22,11 @@ struct session_owner {
 /* Creates a session on LOOP holding references to CFG and TC (NULL: no
  * STARTTLS), with its TCP handle initialised for the caller to uv_accept()
  * into (session_tcp). LISTENER_DEFAULT (borrowed from CFG) is the listening
- * address's own default certificate name, or NULL. */
+ * address's own default certificate name, or NULL. POOL (the worker's
+ * backend connections) must outlive the session. */
 struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                            const char *listener_default, const struct session_owner *owner);
+                            const char *listener_default, struct backend_pool *pool,
+                            const struct session_owner *owner);
 
 /* The handle to accept into. */
 uv_tcp_t *session_tcp(struct session *s);

@@ -176,15 +176,15 @@ static void smtp_send_hello(struct smtp *s)
 	s->ops->reply(s->ctx, buf, (size_t)n);
 }
 
+/* The session answers from what the backend offers as its pool knows it,
+ * without a backend connection (usually before this returns). */
 static void smtp_hello_continue(struct smtp *s)
 {
-	if (!s->caps_known) {
-		smtp_await(s, SMTP_WAIT_HELLO, NULL);
-		s->ops->backend_hello(s->ctx, s->helo);
-		return;
-	}
-	smtp_send_hello(s);
+	smtp_await(s, SMTP_WAIT_HELLO, NULL);
+	s->ops->backend_hello(s->ctx, s->helo);
 }
+
+static bool smtp_junk(struct smtp *s);
 
 static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args, size_t len)
 {
@@ -196,6 +196,9 @@ static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args
 		                                     : "501 5.5.4 Syntax: HELO hostname");
 		return;
 	}
+	/* A client saying hello again and again without mail is idling. */
+	if (s->state != SMTP_STATE_GREETED && smtp_junk(s))
+		return;
 	memcpy(s->helo, args, n);
 	s->helo[n] = '\0';
 	s->esmtp = verb == SMTP_VERB_EHLO;
@@ -218,12 +221,10 @@ void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned cap
 	smtp_await_pop(s);
 	if (s->state == SMTP_STATE_CLOSED)
 		return;
-	/* A backend that is down now is tried again at MAIL; EHLO still succeeds
-	 * and offers only what needs no backend support. */
+	/* Nothing known of the backend yet (down since start): EHLO still
+	 * succeeds and offers only what needs no backend support. */
 	s->caps_known = r->code / 100 == 2;
 	s->caps = s->caps_known ? caps : 0;
-	if (!s->caps_known)
-		log_warn("sess=%s event=backend_unavailable stage=hello code=%d", s->id, r->code);
 	smtp_send_hello(s);
 }
 

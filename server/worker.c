@@ -1,5 +1,6 @@
-/* worker: owns one thread, its loop, its listener and a mailbox (mutex +
- * uv_async) through which the main thread sends generations and the stop.
+/* worker: owns one thread, its loop, its listener, its backend connection
+ * pool and a mailbox (mutex + uv_async) through which the main thread sends
+ * generations and the stop.
  * Nothing else crosses threads: config and TLS context are immutable and
  * reference-counted. */
 #include "worker.h"
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_pool.h"
 #include "log.h"
 
 enum worker_kind { WORKER_UPDATE, WORKER_STOP };
@@ -25,12 +27,14 @@ struct worker_msg {
 
 struct worker {
 	unsigned index;
+	unsigned nworkers;
 	uv_thread_t thread;
 	uv_loop_t loop;
 	uv_async_t mailbox;
 	uv_mutex_t lock;
 	struct worker_msg *head, *tail; /* under lock */
 	struct listener *listener;
+	struct backend_pool *pool;
 	struct listener_shared *shared;
 	struct worker_msg *first; /* the initial generation, handled on the thread */
 	bool stopping;
@@ -75,6 +79,9 @@ static void worker_listener_done_cb(void *arg)
 {
 	struct worker *w = arg;
 	w->listener = NULL;
+	/* Every session is gone: no connection is lent any more. */
+	backend_pool_free(w->pool);
+	w->pool = NULL;
 	uv_close((uv_handle_t *)&w->mailbox, worker_closed_cb);
 }
 
@@ -90,6 +97,7 @@ static void worker_handle(struct worker *w, struct worker_msg *m)
 			if (m->fds[i] >= 0)
 				close(m->fds[i]);
 	} else {
+		backend_pool_update(w->pool, m->cfg);
 		listener_update(w->listener, m->cfg, m->tc, m->fds);
 	}
 	worker_msg_free(m);
@@ -129,11 +137,18 @@ static void worker_main(void *arg)
 	struct worker_msg *m = w->first;
 	w->first = NULL;
 	/* The listener takes the sockets; the array stays the message's. */
-	w->listener = listener_new(&w->loop, w->shared, m->cfg, m->tc, m->fds);
+	w->pool = backend_pool_new(&w->loop, m->cfg, w->nworkers);
+	if (w->pool)
+		w->listener = listener_new(&w->loop, w->shared, w->pool, m->cfg, m->tc, m->fds);
+	else
+		for (size_t i = 0; i < m->cfg->n_listen; i++)
+			close(m->fds[i]);
 	worker_msg_free(m);
 	if (!w->listener) {
 		log_error("event=worker_error worker=%u reason=\"out of memory\"", w->index);
 		w->stopping = true;
+		backend_pool_free(w->pool);
+		w->pool = NULL;
 		uv_close((uv_handle_t *)&w->mailbox, worker_closed_cb);
 	}
 	uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -143,9 +158,9 @@ static void worker_main(void *arg)
 	w->done(w->arg);
 }
 
-struct worker *worker_start(unsigned index, struct listener_shared *shared, struct config *cfg,
-                            struct tls_context *tc, const int *fds, void (*done)(void *arg),
-                            void *arg)
+struct worker *worker_start(unsigned index, unsigned nworkers, struct listener_shared *shared,
+                            struct config *cfg, struct tls_context *tc, const int *fds,
+                            void (*done)(void *arg), void *arg)
 {
 	struct worker *w = calloc(1, sizeof *w);
 	struct worker_msg *m = worker_msg_new(WORKER_UPDATE, cfg, tc, fds);
@@ -156,6 +171,7 @@ struct worker *worker_start(unsigned index, struct listener_shared *shared, stru
 		return NULL;
 	}
 	w->index = index;
+	w->nworkers = nworkers;
 	w->shared = shared;
 	w->first = m;
 	w->done = done;

@@ -10,13 +10,13 @@
 
 struct worker;
 
-/* Starts worker INDEX serving CFG/TC (references taken) on FDS[i] for
- * cfg->listen[i] (ownership taken). DONE(ARG) is called on the worker's
- * thread once its loop has ended after worker_stop(). NULL on failure (FDS
- * closed). */
-struct worker *worker_start(unsigned index, struct listener_shared *shared, struct config *cfg,
-                            struct tls_context *tc, const int *fds, void (*done)(void *arg),
-                            void *arg);
+/* Starts worker INDEX of NWORKERS serving CFG/TC (references taken) on
+ * FDS[i] for cfg->listen[i] (ownership taken), with its own share of the
+ * backend connections. DONE(ARG) is called on the worker's thread once its
+ * loop has ended after worker_stop(). NULL on failure (FDS closed). */
+struct worker *worker_start(unsigned index, unsigned nworkers, struct listener_shared *shared,
+                            struct config *cfg, struct tls_context *tc, const int *fds,
+                            void (*done)(void *arg), void *arg);
 
 /* Hands the worker a new generation: as listener_update(), FDS[i] >= 0 a
  * new socket for cfg->listen[i] (ownership taken), -1 keep the one open. */

@@ -433,6 +433,20 @@ class Mxfront:
         self.addresses = self.addr_file.read_text().split()
         host, port = self.addresses[0].rsplit(":", 1)
         self.host, self.port = host.strip("[]"), int(port)
+        self.wait_backend_settled(sections)
+
+    def wait_backend_settled(self, sections, timeout=2.0):
+        """Each worker's pool asks the backend what it offers at start, and
+        EHLO offers the conservative set until it knows: wait (briefly, not
+        failing: the backend may be down on purpose) until every worker has
+        its answer, so that tests see the backend's capabilities."""
+        workers = int(sections.get("server", {}).get("workers", 0)) or os.cpu_count() or 1
+        rx = re.compile(r"\bevent=backend_(ready|down)\b")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if sum(1 for line in self.log().splitlines() if rx.search(line)) >= workers:
+                return
+            time.sleep(POLL)
 
     def log(self):
         try:
@@ -699,6 +713,13 @@ class FakeLmtp:
             t = threading.Thread(target=self._serve, args=(conn, rec), daemon=True)
             t.start()
             self._threads.append(t)
+
+    @property
+    def used(self):
+        """The connections that carried more than LHLO: mxfront's pool opens
+        one per worker at start only to learn the capabilities."""
+        return [c for c in self.connections
+                if any(cmd.split(" ", 1)[0].upper() != "LHLO" for cmd in c.commands)]
 
     def wait_connections(self, n=1, timeout=5.0):
         return wait_until(lambda: self.connections if len(self.connections) >= n else None,

@@ -91,7 +91,7 @@ def test_relayed_message_on_the_lmtp_wire(mxfront, fake_backend):
                          sender="sender@client.example")
     eod = a.steps[-1][1]
     assert eod is not None and (eod.code, eod.enhanced) == (250, "2.0.0"), a
-    [conn] = fb.connections
+    [conn] = fb.used
     verbs = [cmd.split()[0].upper() for cmd in conn.commands]
     assert verbs[0] == "LHLO", verbs
     assert verbs.count("MAIL") == 1, verbs
@@ -119,7 +119,7 @@ def test_xclient_sent_when_the_backend_offers_it(mxfront, fake_backend):
         assert hello.code == 250
         client_port = c.sock.getsockname()[1]
         assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    [conn] = fb.wait_connections(1)
+    [conn] = wait_until(lambda: fb.used, 5.0, "a transaction at the backend")
     cmds = conn.commands
     xclient = [i for i, cmd in enumerate(cmds) if cmd.upper().startswith("XCLIENT ")]
     assert len(xclient) == 1, cmds
@@ -134,6 +134,33 @@ def test_xclient_sent_when_the_backend_offers_it(mxfront, fake_backend):
     assert cmds[i + 2].upper().startswith("MAIL FROM:<SENDER@CLIENT.EXAMPLE>"), cmds
 
 
+def test_xclient_per_transaction_on_a_shared_connection(mxfront, fake_backend):
+    """One pooled connection serves two clients in turn: each transaction
+    carries its own client's facts (XCLIENT again when they differ, then LHLO
+    with that client's name), and a second transaction of the same client
+    does not repeat them."""
+    fb = fake_backend(capabilities=["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME",
+                                    "XCLIENT ADDR PORT PROTO HELO LOGIN"])
+    mx = mxfront(fb, server={"workers": "1"})
+    for source, helo, messages in (("127.0.0.2", "first.example", 2), ("127.0.0.3", "second.example", 1)):
+        c, _ = smtp_session(mx, helo=helo, source=source)
+        with c:
+            for _ in range(messages):
+                assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
+                assert c.cmd("RCPT TO:<r1@dest.example>").code == 250
+                assert c.cmd("DATA").code == 354
+                c.send(b"Subject: shared\r\n\r\nbody\r\n.\r\n")
+                assert c.read_reply().code == 250
+    [conn] = fb.used
+    assert len(fb.connections) == 1, "the start-up connection is the one lent"
+    cmds = conn.commands
+    xclients = [cmd for cmd in cmds if cmd.startswith("XCLIENT ")]
+    assert [x.split()[1] for x in xclients] == ["ADDR=127.0.0.2", "ADDR=127.0.0.3"], cmds
+    second = cmds.index(xclients[1])
+    assert cmds[second + 1] == "LHLO second.example", cmds
+    assert [c.split()[0] for c in cmds].count("MAIL") == 3 and len(conn.messages) == 3, cmds
+
+
 @pytest.mark.parametrize("offered,enabled", [(False, "yes"), (True, "no")],
                          ids=["not-offered", "disabled"])
 def test_no_xclient_when_not_offered_or_disabled(mxfront, fake_backend, offered, enabled):
@@ -145,13 +172,18 @@ def test_no_xclient_when_not_offered_or_disabled(mxfront, fake_backend, offered,
     c, _ = smtp_session(mx, helo="client.test.example", source="127.0.0.2")
     with c:
         assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    [conn] = fb.wait_connections(1)
+    [conn] = wait_until(lambda: fb.used, 5.0, "a transaction at the backend")
     assert not any(cmd.upper().startswith("XCLIENT") for cmd in conn.commands), conn.commands
     assert conn.commands[0].upper().startswith("LHLO "), conn.commands
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
-def test_client_dropping_mid_data_never_sends_the_final_dot(mxfront, fake_backend, how):
+@pytest.mark.parametrize("lines", [50, 4000], ids=["held", "streamed"])
+def test_client_dropping_mid_data_never_sends_the_final_dot(mxfront, fake_backend, how, lines):
+    """A short message is held by mxfront until its end: the backend never
+    even got DATA, so its connection is reset and kept. A long one was
+    streamed: the backend is inside DATA, so its connection is closed
+    (never RSET-and-keep there)."""
     fb = fake_backend()
     mx = mxfront(fb)
     c, _ = smtp_session(mx)
@@ -159,14 +191,19 @@ def test_client_dropping_mid_data_never_sends_the_final_dot(mxfront, fake_backen
     assert c.cmd("RCPT TO:<r1@dest.example>").code == 250
     assert c.cmd("DATA").code == 354
     # Ends with CRLF: all mxfront would need to add is ".\r\n".
-    c.send(b"Subject: cut\r\n\r\n" + b"partial line of text\r\n" * 50)
+    c.send(b"Subject: cut\r\n\r\n" + b"partial line of text\r\n" * lines)
+    if lines > 50:
+        wait_until(lambda: fb.used and b"partial" in bytes(fb.used[0].received), 5.0,
+                   "message bytes at the backend")
     if how == "reset":
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
-    [conn] = fb.wait_connections(1)
-    # mxfront must drop the backend connection (no RSET-and-keep: the
-    # backend would still be inside DATA).
-    wait_until(conn.eof.is_set, 5.0, "mxfront to close its backend connection")
+    [conn] = wait_until(lambda: fb.used, 5.0, "a transaction at the backend")
+    if lines > 50:
+        wait_until(conn.eof.is_set, 5.0, "mxfront to close its backend connection")
+    else:
+        wait_until(lambda: "RSET" in conn.commands, 5.0, "mxfront to reset its backend connection")
+        assert "DATA" not in conn.commands and not conn.eof.is_set(), conn.commands
     assert conn.messages == [], conn.messages
     assert b"\r\n.\r\n" not in bytes(conn.received), bytes(conn.received)[-200:]
     mx.wait_log(r"\bevent=disconnect\b")
@@ -185,8 +222,11 @@ def test_client_stalling_in_data_times_out(mxfront, fake_backend):
         r = c.read_reply()
         assert r.code == 421 and r.enhanced and r.enhanced.startswith("4."), r
         assert c.wait_closed(5.0)
-    [conn] = fb.connections
-    wait_until(conn.eof.is_set, 5.0, "mxfront to close its backend connection")
+    [conn] = fb.used
+    # The message was held by mxfront: the backend never got DATA, and the
+    # silent client's transaction gave its connection back long before.
+    wait_until(lambda: "RSET" in conn.commands, 5.0, "mxfront to reset its backend connection")
+    assert "DATA" not in conn.commands, conn.commands
     assert conn.messages == [] and b"\r\n.\r\n" not in bytes(conn.received), bytes(conn.received)
 
 
@@ -204,6 +244,14 @@ def _send_group(c):
     return [c.read_reply() for _ in range(4)]
 
 
+def _ready(mxfront, fb):
+    """One worker, whose pool has learnt what the backend offers (EHLO is
+    answered from that; until then without pipelining to the backend)."""
+    mx = mxfront(fb, server={"workers": "1"})
+    mx.wait_log(r"\bevent=backend_ready\b")
+    return mx
+
+
 def _pipelined_transaction(mx):
     c, _ = smtp_session(mx)
     with c:
@@ -214,14 +262,14 @@ def _pipelined_transaction(mx):
     return codes
 
 
-def _backend_writes(conn):
-    """The backend's receive chunks from MAIL up to the DATA command."""
+def _backend_writes(conn, until=b"DATA\r\n"):
+    """The backend's receive chunks from MAIL up to UNTIL."""
     writes, seen = [], b""
     for chunk in conn.chunks:
         seen += chunk
         if b"MAIL FROM" in seen:
             writes.append(chunk)
-        if b"DATA\r\n" in seen:
+        if until in seen:
             break
     return writes
 
@@ -230,19 +278,22 @@ def test_pipelined_group_reaches_a_pipelining_backend_in_one_write(mxfront, fake
     """RFC 2920 to the backend too: a client's MAIL/RCPT/RCPT/DATA group leaves
     mxfront as one write instead of four round trips."""
     fb = fake_backend()
-    mx = mxfront(fb)
+    mx = _ready(mxfront, fb)
     assert _pipelined_transaction(mx) == [250, 250, 250, 354, 250, 221]
-    [conn] = fb.connections
-    writes = _backend_writes(conn)
+    [conn] = fb.used
+    # DATA itself waits for the message (mxfront answers the client's DATA
+    # and holds the message until it is complete or large).
+    writes = _backend_writes(conn, until=b"RCPT TO:<b@dest.example>\r\n")
     assert len(writes) == 1, writes
-    assert writes[0].endswith(b"RCPT TO:<b@dest.example>\r\nDATA\r\n"), writes
+    assert writes[0].endswith(b"RCPT TO:<a@dest.example>\r\nRCPT TO:<b@dest.example>\r\n"), writes
+    assert _backend_writes(conn)[-1].startswith(b"DATA\r\n"), conn.chunks
 
 
 def test_backend_without_pipelining_gets_one_command_at_a_time(mxfront, fake_backend):
     fb = fake_backend(capabilities=["ENHANCEDSTATUSCODES", "8BITMIME"])
-    mx = mxfront(fb)
+    mx = _ready(mxfront, fb)
     assert _pipelined_transaction(mx) == [250, 250, 250, 354, 250, 221]
-    [conn] = fb.connections
+    [conn] = fb.used
     writes = _backend_writes(conn)
     assert [w.split(b" ")[0].rstrip(b"\r\n") for w in writes] == \
         [b"MAIL", b"RCPT", b"RCPT", b"DATA"], writes
@@ -252,20 +303,20 @@ def test_pipelined_group_after_a_refused_mail(mxfront, fake_backend):
     """The backend refuses MAIL: the RCPTs and DATA pipelined behind it get
     the backend's own refusals, in order, and nothing is delivered."""
     fb = fake_backend(mail_reply="451 4.3.0 Try again later")
-    mx = mxfront(fb)
+    mx = _ready(mxfront, fb)
     c, _ = smtp_session(mx)
     with c:
         replies = _send_group(c)
         assert [r.code for r in replies] == [451, 503, 503, 503], [str(r) for r in replies]
         assert c.cmd("NOOP").code == 250
-    assert fb.connections[0].messages == []
+    assert fb.used[0].messages == []
 
 
 def test_backend_dying_under_a_pipelined_group(mxfront, fake_backend):
     """The backend closes after reading the group: every command in it is
     answered 4xx, in order, and the next transaction reconnects."""
     fb = fake_backend(mail_reply="close")
-    mx = mxfront(fb)
+    mx = _ready(mxfront, fb)
     c, _ = smtp_session(mx)
     with c:
         replies = _send_group(c)
@@ -274,4 +325,4 @@ def test_backend_dying_under_a_pipelined_group(mxfront, fake_backend):
         assert [r.code for r in _send_group(c)] == [250, 250, 250, 354]
         c.send(b"Subject: p\r\n\r\nbody\r\n.\r\n")
         assert c.read_reply().code == 250
-    assert len(fb.connections) == 2 and len(fb.connections[1].messages) == 1
+    assert len(fb.used) == 2 and len(fb.used[1].messages) == 1
