@@ -1,6 +1,7 @@
 """Fixtures for the mxfront end-to-end tests.
 
 dovecot       a private Dovecot LMTP (users alice, bob, carol) in the test's tmp_path
+              (its lmtp service settings by indirect parametrization)
 mxfront       factory: mxfront(target, server={...}, backend={...}, timeouts={...})
               (target: the dovecot or a fake_backend fixture value, or "host:port")
 fake_backend  factory: fake_backend(**script), a scripted LMTP server (see lib.FakeLmtp)
@@ -71,7 +72,9 @@ def _dovecot_reaper():
 
 @pytest.fixture
 def dovecot(tmp_path, request, _dovecot_reaper):
-    dv = lib.Dovecot(tmp_path / "dovecot")
+    """Settings of its `service lmtp` may be given by indirect
+    parametrization: parametrize("dovecot", [lib.STOCK_LMTP_LIMITS], indirect=True)."""
+    dv = lib.Dovecot(tmp_path / "dovecot", lmtp_service=getattr(request, "param", None))
     _attach_log(request, "dovecot log", dv.log)
     yield dv
     dv.terminate()

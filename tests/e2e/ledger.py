@@ -299,22 +299,6 @@ def evidence(violation, mx_log="", backend_log="", limit=40):
 # --------------------------------------------------------------------------
 # Dovecot chaos
 
-def _children(pid):
-    """(pid, cmdline) of the processes whose parent is pid."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            if ppid == pid:
-                found.append((int(entry), Path(f"/proc/{entry}/cmdline").read_bytes()))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def _age(pid):
     """Seconds since process pid started (0 if it is gone)."""
     try:
@@ -328,18 +312,8 @@ def _age(pid):
 
 def _group(pgid):
     """PIDs of the live (not zombie) processes in process group pgid."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    return [pid for pid, _, fields in lib.proc_stats()
+            if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _gone(pid):
@@ -400,8 +374,8 @@ class DovecotChaos:
         spawning lmtp for 2 s ("command startup failed, throttling").
         Returns how many were killed."""
         killed = 0
-        for pid, cmdline in _children(self.dv.proc.pid):
-            if cmdline.startswith(b"dovecot/lmtp") and _age(pid) >= min_age and pick(pid):
+        for pid in self.dv.lmtp_pids():
+            if _age(pid) >= min_age and pick(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
@@ -418,7 +392,7 @@ class DovecotChaos:
         by PID; waits until none is left and the port is free."""
         master = self.dv.proc
         self.down_since = time.monotonic()
-        children = [pid for pid, _ in _children(master.pid)]
+        children = [pid for pid, _ in lib.children(master.pid)]
         try:
             os.killpg(master.pid, signal.SIGKILL)
         except ProcessLookupError:

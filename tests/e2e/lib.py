@@ -515,8 +515,32 @@ service lmtp {{
     address = 127.0.0.1
     port = {port}
   }}
-}}
+{lmtp_service}}}
 """
+
+# Stock Dovecot 2.3's limits for its lmtp service (`doveconf -d`:
+# default_process_limit = 100, client_limit = 1), spelled out for a test that
+# depends on them: at most 100 LMTP connections at once, one process each.
+STOCK_LMTP_LIMITS = {"process_limit": 100, "client_limit": 1}
+
+
+def proc_stats():
+    """(pid, comm, fields after comm) of every process, from /proc/PID/stat:
+    fields[0] is its state, [1] its parent's pid, [2] its process group."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        yield (int(entry), stat[stat.index("(") + 1:stat.rindex(")")],
+               stat[stat.rindex(")") + 2:].split())
+
+
+def children(pid):
+    """(pid, comm) of the processes whose parent is pid."""
+    return [(child, comm) for child, comm, fields in proc_stats() if int(fields[1]) == pid]
 
 
 def make_traversable(path):
@@ -534,9 +558,10 @@ class Dovecot:
     """A private Dovecot LMTP server with users alice, bob and carol.
 
     Unix sockets live in a short directory of their own under /tmp (socket
-    paths are limited to 107 bytes); everything else under workdir."""
+    paths are limited to 107 bytes); everything else under workdir.
+    lmtp_service: extra settings of `service lmtp` (e.g. STOCK_LMTP_LIMITS)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, lmtp_service=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         make_traversable(self.dir)
@@ -563,7 +588,8 @@ class Dovecot:
             self.port = free_port()
             self.conf = self.dir / "dovecot.conf"
             self.conf.write_text(DOVECOT_CONF.format(
-                run=self.run_dir, state=state, log=self.log_path, passwd=passwd, port=self.port))
+                run=self.run_dir, state=state, log=self.log_path, passwd=passwd, port=self.port,
+                lmtp_service="".join(f"  {k} = {v}\n" for k, v in (lmtp_service or {}).items())))
             out = open(self.stdout_path, "ab")
             self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -615,6 +641,11 @@ class Dovecot:
 
     def all_messages(self):
         return {u: self.maildir_messages(u) for u in DOVECOT_USERS}
+
+    def lmtp_pids(self):
+        """Pids of the lmtp processes this Dovecot's master runs now (comm
+        `lmtp`, process title `dovecot/lmtp`)."""
+        return [pid for pid, comm in children(self.proc.pid) if comm == "lmtp"]
 
     def terminate(self):
         """Sends SIGTERM; the caller waits (Dovecot's master takes about a
@@ -889,6 +920,17 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def tcp_established(local_port):
+    """How many established IPv4 TCP sockets have local port local_port (a
+    server's side of its connections, those still in its accept queue
+    included), from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return sum(1 for line in f
+                   if line.split()[3] == "01"
+                   and int(line.split()[1].split(":")[1], 16) == local_port)
 
 
 def tcp_queues(local_port, remote_port):

@@ -6,7 +6,6 @@ is healthy again a new session on the same running daemon delivers."""
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -64,23 +63,6 @@ def test_backend_dying_mid_data(mxfront, fake_backend, how):
     assert_delivers_now(mx, fb)
 
 
-def lmtp_children(master_pid):
-    """Pids of Dovecot's lmtp processes under master_pid."""
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-            cmdline = (p / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == master_pid and b"lmtp" in cmdline.split(b"\0")[0]:
-            pids.append(int(p.name))
-    return pids
-
-
 def test_dovecot_lmtp_killed_mid_data(dovecot, mxfront):
     """The real thing: Dovecot's lmtp process is SIGKILLed in the middle of
     a message."""
@@ -91,7 +73,7 @@ def test_dovecot_lmtp_killed_mid_data(dovecot, mxfront):
         assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
         assert c.cmd("DATA").code == 354
         c.send(BODY[:100_000])
-        victims = wait_until(lambda: lmtp_children(dovecot.proc.pid), 5.0, "an lmtp process")
+        victims = wait_until(dovecot.lmtp_pids, 5.0, "an lmtp process")
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         mx.wait_log(r"\bevent=backend_error\b")
