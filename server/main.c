@@ -15,11 +15,16 @@
 
 #include "certstore.h"
 #include "config.h"
+#include "fdlimit.h"
 #include "log.h"
 #include "reload.h"
 #include "tls.h"
 
 #define MXFRONT_DEFAULT_CONFIG "/etc/mxfront/mxfront.conf"
+/* Backend connections over all workers, for the descriptor check. XXX:
+ * [backend] max_connections once the pool lands (until then every session
+ * past EHLO holds a backend connection of its own). */
+#define MAIN_BACKEND_MAX_CONNECTIONS 50
 
 static void main_usage(FILE *out)
 {
@@ -219,6 +224,7 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 	uv_loop_t loop;
 	char err[512];
 	unsigned workers = cfg->workers ? cfg->workers : uv_available_parallelism();
+	fdlimit_setup(cfg, workers, MAIN_BACKEND_MAX_CONNECTIONS);
 	uv_loop_init(&loop);
 	struct reload *r = reload_new(&loop, path, address_file, workers, cfg, cs, tc, err, sizeof err);
 	int rc = 0;

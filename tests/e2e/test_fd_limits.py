@@ -174,3 +174,16 @@ def test_sigterm_while_out_of_descriptors(mxfront, fake_backend, workers):
     finally:
         early.close()
         flood.close()
+
+
+@pytest.mark.parametrize("max_clients,fits", [("1000", False), ("100", True)])
+def test_descriptor_limit_is_raised_and_checked_at_start(mxfront, fake_backend,
+                                                         max_clients, fits):
+    mx = mxfront(fake_backend(), nofile=(64, NOFILE),
+                 server={"workers": "2", "max_clients": max_clients})
+    line = mx.wait_log(r"\bevent=fd_limit soft=\d+ hard=\d+")[0].string
+    assert f"soft={NOFILE} hard={NOFILE}" in line, line
+    with open(f"/proc/{mx.pid}/limits") as f:
+        assert any(ln.startswith("Max open files") and ln.split()[3:5] == [str(NOFILE)] * 2
+                   for ln in f), "soft limit not raised to the hard one"
+    assert (" warn " in line) != fits, line
