@@ -1,12 +1,14 @@
 /* listener: owns the listening sockets of one loop, the list of its
- * sessions, the shutdown timer, and references to the generation new
- * sessions get. Enforces max_clients. Never reads client bytes: a new
+ * sessions, the shutdown and resume timers, and references to the
+ * generation new sessions get. Enforces max_clients; out of descriptors, it
+ * pauses accepting instead of spinning. Never reads client bytes: a new
  * connection is handed to a session at once. */
 #include "listener.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,9 +29,30 @@ struct listener_shared {
 	struct iplimit *iplimit;
 };
 
+/* Accepting, done here rather than by uv_listen/uv_accept. When accept
+ * fails with EMFILE, libuv (1.44, uv__server_io) closes a per-loop reserve
+ * descriptor, accepts and closes every waiting connection (clients get a
+ * silent close, no 421) and reopens the reserve. Worker threads share one
+ * descriptor table, so another thread can take the freed slot: the reserve
+ * is then lost, and uv__server_io retries the accept and reports EMFILE in a
+ * loop that never returns to the event loop while connections wait. That
+ * worker burns a CPU logging accept errors, never sees its sessions' EOFs
+ * (so no descriptor is ever freed) and never reads the stop from its
+ * mailbox. So the listening socket is watched with a uv_poll_t: a readiness
+ * event takes at most LISTENER_ACCEPT_BATCH connections with accept4(2),
+ * each given to its session's handle with uv_tcp_open; running out of
+ * descriptors (or memory) stops watching the socket for LISTENER_PAUSE_MS
+ * (as nginx disables its accept events), with the connections left waiting
+ * in the kernel's backlog to be greeted once descriptors free up. */
+#define LISTENER_ACCEPT_BATCH 32
+#define LISTENER_PAUSE_MS 100
+#define LISTENER_LOG_EVERY_MS 1000 /* at most one event=limit kind=fd line per loop */
+
 /* One listening socket; allocated alone because libuv handles never move. */
 struct listener_sock {
-	uv_tcp_t tcp;
+	uv_poll_t poll; /* watches fd, which it does not own */
+	int fd;
+	bool paused; /* not watched until the resume timer fires */
 	struct listener *l;
 	struct config_addr addr; /* copied: kept sockets outlive their config */
 	const char *default_cert; /* borrowed from l->cfg */
@@ -47,12 +70,17 @@ struct listener {
 	struct backend_pool *pool;
 	struct session_link sessions; /* list head */
 	uv_timer_t shutdown_timer;
+	uv_timer_t resume_timer; /* active while a socket is paused */
+	uint64_t accept_logged;  /* loop time of the last accept problem logged */
+	unsigned long deferred;  /* accepts that failed since then */
 	bool stopping;
 	void (*done)(void *arg);
 	void *done_arg;
 };
 
 static void listener_timer_closed_cb(uv_handle_t *h);
+static void listener_resume(struct listener *l);
+static void listener_poll_cb(uv_poll_t *p, int status, int events);
 
 static void listener_maybe_done(struct listener *l)
 {
@@ -81,6 +109,9 @@ static void listener_session_gone(void *arg, struct session *s)
 	}
 	atomic_fetch_sub(&l->shared->nclients, 1);
 	l->nclients--;
+	/* Its descriptor is free now (the timer covers those of other loops). */
+	if (!l->stopping && uv_is_active((uv_handle_t *)&l->resume_timer))
+		listener_resume(l);
 	if (l->stopping && l->nclients == 0 && !uv_is_closing((uv_handle_t *)&l->shutdown_timer))
 		uv_close((uv_handle_t *)&l->shutdown_timer, listener_timer_closed_cb);
 	listener_maybe_done(l);
@@ -117,17 +148,68 @@ static const char *listener_admit(struct listener *l, struct session_link *k, uv
 	return NULL;
 }
 
-static void listener_accept_cb(uv_stream_t *server, int status)
+/* Connections waiting in LS's accept queue (Linux reports it in TCP_INFO
+ * of a listening socket), or -1. */
+static long listener_backlog(const struct listener_sock *ls)
 {
-	struct listener_sock *ls = server->data;
-	struct listener *l = ls->l;
-	if (status < 0) {
-		log_warn("event=accept_error listen=%s reason=\"%s\"", ls->addr.text, uv_strerror(status));
-		return;
+	struct tcp_info ti;
+	socklen_t len = sizeof ti;
+	if (getsockopt(ls->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_state != TCP_LISTEN)
+		return -1;
+	return (long)ti.tcpi_unacked;
+}
+
+static void listener_resume_cb(uv_timer_t *t)
+{
+	listener_resume(t->data);
+}
+
+/* Watches every paused socket again. */
+static void listener_resume(struct listener *l)
+{
+	uv_timer_stop(&l->resume_timer);
+	for (size_t i = 0; i < l->nsocks; i++) {
+		struct listener_sock *ls = l->socks[i];
+		if (ls->paused) {
+			ls->paused = false;
+			uv_poll_start(&ls->poll, UV_READABLE, listener_poll_cb);
+		}
 	}
+}
+
+/* Accept failed with ERR (an errno): stops watching LS until the resume
+ * timer, leaving the connection in the backlog; logs at most once per
+ * LISTENER_LOG_EVERY_MS, with the failures since the last line. */
+static void listener_pause(struct listener_sock *ls, int err)
+{
+	struct listener *l = ls->l;
+	uv_poll_stop(&ls->poll);
+	ls->paused = true;
+	if (!uv_is_active((uv_handle_t *)&l->resume_timer))
+		uv_timer_start(&l->resume_timer, listener_resume_cb, LISTENER_PAUSE_MS, 0);
+	l->deferred++;
+	uint64_t now = uv_now(l->loop);
+	if (l->accept_logged && now - l->accept_logged < LISTENER_LOG_EVERY_MS)
+		return;
+	l->accept_logged = now ? now : 1;
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+		log_warn("event=limit kind=fd listen=%s reason=\"%s\" deferred=%lu backlog=%ld "
+		         "sessions=%u",
+		         ls->addr.text, strerror(err), l->deferred, listener_backlog(ls), l->nclients);
+	else
+		log_warn("event=accept_error listen=%s reason=\"%s\" deferred=%lu", ls->addr.text,
+		         strerror(err), l->deferred);
+	l->deferred = 0;
+}
+
+/* Hands accepted FD (owned) to a new session. */
+static void listener_start_session(struct listener_sock *ls, int fd)
+{
+	struct listener *l = ls->l;
 	struct session_owner owner = { listener_session_gone, l };
 	struct session *s = session_new(l->loop, l->cfg, l->tc, ls->default_cert, l->pool, &owner);
 	if (!s) {
+		close(fd);
 		log_error("event=accept_error listen=%s reason=\"out of memory\"", ls->addr.text);
 		return;
 	}
@@ -138,17 +220,56 @@ static void listener_accept_cb(uv_stream_t *server, int status)
 	l->sessions.prev = k;
 	l->nclients++;
 	atomic_fetch_add(&l->shared->nclients, 1);
-	if (uv_accept(server, (uv_stream_t *)session_tcp(s)) != 0) {
+	if (uv_tcp_open(session_tcp(s), fd) != 0) {
+		if (uv_fileno((uv_handle_t *)session_tcp(s), &(uv_os_fd_t){ 0 }) != 0)
+			close(fd);
 		session_close(s, "accept failed");
 		return;
 	}
 	session_start(s, listener_admit(l, k, session_tcp(s)));
 }
 
+static void listener_poll_cb(uv_poll_t *p, int status, int events)
+{
+	struct listener_sock *ls = p->data;
+	if (status < 0) {
+		listener_pause(ls, -status);
+		return;
+	}
+	for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
+		int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			listener_start_session(ls, fd);
+			continue;
+		}
+		switch (errno) {
+		case EAGAIN:
+			return;
+		/* This connection is gone (taken off the queue), or failed with a
+		 * network error that accept(2) passes on: the next may be fine. */
+		case EINTR:
+		case ECONNABORTED:
+		case EPROTO:
+		case ENETDOWN:
+		case ENOPROTOOPT:
+		case EHOSTDOWN:
+		case ENONET:
+		case EHOSTUNREACH:
+		case EOPNOTSUPP:
+		case ENETUNREACH:
+			continue;
+		default: /* out of descriptors or memory, EPERM (an LSM), a bug: never spin */
+			listener_pause(ls, errno);
+			return;
+		}
+	}
+}
+
 static void listener_sock_closed_cb(uv_handle_t *h)
 {
 	struct listener_sock *ls = h->data;
 	struct listener *l = ls->l;
+	close(ls->fd);
 	free(ls->addr.text);
 	free(ls->addr.unix_path);
 	free(ls->addr.default_cert);
@@ -159,8 +280,8 @@ static void listener_sock_closed_cb(uv_handle_t *h)
 
 static void listener_sock_close(struct listener_sock *ls)
 {
-	if (!uv_is_closing((uv_handle_t *)&ls->tcp))
-		uv_close((uv_handle_t *)&ls->tcp, listener_sock_closed_cb);
+	if (!uv_is_closing((uv_handle_t *)&ls->poll))
+		uv_close((uv_handle_t *)&ls->poll, listener_sock_closed_cb);
 }
 
 /* Wraps the bound, listening FD for A; NULL on failure (FD closed). */
@@ -175,19 +296,24 @@ static struct listener_sock *listener_sock_open(struct listener *l, const struct
 		return NULL;
 	}
 	ls->l = l;
-	ls->tcp.data = ls;
+	ls->fd = fd;
 	ls->addr.sa = a->sa;
 	ls->addr.salen = a->salen;
-	uv_tcp_init(l->loop, &ls->tcp);
-	l->open_handles++;
-	int rc = uv_tcp_open(&ls->tcp, fd);
-	if (rc == 0)
-		rc = uv_listen((uv_stream_t *)&ls->tcp, 511, listener_accept_cb);
+	/* listener_bind made it listen. */
+	int rc = uv_poll_init_socket(l->loop, &ls->poll, fd);
 	if (rc < 0) {
 		log_error("event=listen_error listen=%s reason=\"%s\"", a->text, uv_strerror(rc));
-		if (uv_fileno((uv_handle_t *)&ls->tcp, &(uv_os_fd_t){ 0 }) != 0)
-			close(fd);
-		listener_sock_close(ls);
+		close(fd);
+		free(ls->addr.text);
+		free(ls);
+		return NULL;
+	}
+	ls->poll.data = ls;
+	l->open_handles++;
+	rc = uv_poll_start(&ls->poll, UV_READABLE, listener_poll_cb);
+	if (rc < 0) {
+		log_error("event=listen_error listen=%s reason=\"%s\"", a->text, uv_strerror(rc));
+		listener_sock_close(ls); /* closes fd */
 		return NULL;
 	}
 	return ls;
@@ -352,7 +478,9 @@ struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
 	l->sessions.next = l->sessions.prev = &l->sessions;
 	uv_timer_init(loop, &l->shutdown_timer);
 	l->shutdown_timer.data = l;
-	l->open_handles = 1;
+	uv_timer_init(loop, &l->resume_timer);
+	l->resume_timer.data = l;
+	l->open_handles = 2;
 	l->cfg = config_ref(cfg);
 	listener_update(l, cfg, tc, fds);
 	return l;
@@ -387,6 +515,7 @@ void listener_stop(struct listener *l, void (*done)(void *arg), void *arg)
 	for (size_t i = 0; i < l->nsocks; i++)
 		listener_sock_close(l->socks[i]);
 	l->nsocks = 0;
+	uv_close((uv_handle_t *)&l->resume_timer, listener_timer_closed_cb);
 	l->shutdown_timer.data = l;
 	if (l->nclients == 0) {
 		uv_close((uv_handle_t *)&l->shutdown_timer, listener_timer_closed_cb);

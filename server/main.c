@@ -15,6 +15,7 @@
 
 #include "certstore.h"
 #include "config.h"
+#include "fdlimit.h"
 #include "log.h"
 #include "reload.h"
 #include "tls.h"
@@ -225,6 +226,7 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 		        path, cfg->backend_max_connections, workers);
 		return 1;
 	}
+	fdlimit_setup(cfg, workers, cfg->backend_max_connections);
 	uv_loop_init(&loop);
 	struct reload *r = reload_new(&loop, path, address_file, workers, cfg, cs, tc, err, sizeof err);
 	int rc = 0;

@@ -3,7 +3,8 @@
 dovecot       a private Dovecot LMTP (users alice, bob, carol) in the test's tmp_path
               (its lmtp service settings by indirect parametrization)
 mxfront       factory: mxfront(target, server={...}, backend={...}, timeouts={...})
-              (target: the dovecot or a fake_backend fixture value, or "host:port")
+              (target: the dovecot or a fake_backend fixture value, or "host:port";
+              nofile=N or (soft, hard): the daemon's RLIMIT_NOFILE)
 fake_backend  factory: fake_backend(**script), a scripted LMTP server (see lib.FakeLmtp)
 pki           (session) generated CA, intermediate and leaf certificates (see certs.Pki)
 
@@ -89,10 +90,10 @@ def mxfront(tmp_path, request):
     report."""
     started = []
 
-    def start(target, **overrides):
+    def start(target, nofile=None, **overrides):
         address = target if isinstance(target, str) else target.address
         workdir = tmp_path / f"mxfront{len(started) or ''}"
-        m = lib.Mxfront(workdir, lib.mxfront_config(address, overrides))
+        m = lib.Mxfront(workdir, lib.mxfront_config(address, overrides), nofile=nofile)
         started.append(m)
         _attach_log(request, f"mxfront log ({workdir.name}, pid {m.pid})", m.log)
         return m

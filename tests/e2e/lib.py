@@ -404,10 +404,24 @@ def run_mxfront(*args, timeout=20):
     return p
 
 
-class Mxfront:
-    """One running daemon, started with --address-file."""
+def _nofile_preexec(nofile):
+    """A preexec_fn giving the child RLIMIT_NOFILE nofile: (soft, hard), or
+    one number for both; None for the inherited limits."""
+    if nofile is None:
+        return None
+    soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
 
-    def __init__(self, workdir, sections):
+    def preexec():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return preexec
+
+
+class Mxfront:
+    """One running daemon, started with --address-file (and, with nofile, a
+    descriptor limit: see _nofile_preexec)."""
+
+    def __init__(self, workdir, sections, nofile=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mxfront.conf"
@@ -419,7 +433,8 @@ class Mxfront:
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [MXFRONT_BIN, "-c", str(self.conf), "--address-file", str(self.addr_file)],
-            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file)
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file,
+            preexec_fn=_nofile_preexec(nofile))
         self.pid = self.proc.pid
         try:
             wait_until(lambda: self.addr_file.exists() or self.proc.poll() is not None,
