@@ -62,7 +62,7 @@ struct session {
 
 	struct smtp_framer framer;
 	size_t inlen;
-	char in[SESSION_IN_MAX];
+	char *in; /* SESSION_IN_MAX bytes while input waits, else NULL (owned) */
 };
 
 struct session_wbuf {
@@ -357,6 +357,25 @@ static void session_client_line(struct session *s)
 	session_arm_timer(s);
 }
 
+/* The input buffer exists only while input waits in it: an idle session
+ * keeps neither it nor TLS's (session_trim). Returns -1 when out of memory. */
+static int session_in_alloc(struct session *s)
+{
+	if (!s->in && !(s->in = malloc(SESSION_IN_MAX)))
+		return -1;
+	return 0;
+}
+
+static void session_trim(struct session *s)
+{
+	if (s->inlen == 0) {
+		free(s->in);
+		s->in = NULL;
+	}
+	if (s->tls)
+		tls_rx_trim(s->tls);
+}
+
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
 	struct session *s = h->data;
@@ -366,8 +385,12 @@ static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 		buf->len = len;
 		return;
 	}
+	if (session_in_alloc(s) < 0) {
+		*buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
+		return;
+	}
 	buf->base = s->in + s->inlen;
-	buf->len = sizeof s->in - s->inlen;
+	buf->len = SESSION_IN_MAX - s->inlen;
 }
 
 /* Drives the handshake; once done, tells smtp and logs what was chosen.
@@ -402,8 +425,12 @@ static int session_tls_fill(struct session *s)
 {
 	if (!s->tls_ready && session_tls_handshake(s) < 0)
 		return -1;
-	while (s->tls_ready && s->inlen < sizeof s->in && tls_has_input(s->tls)) {
-		ssize_t n = tls_recv(s->tls, s->in + s->inlen, sizeof s->in - s->inlen);
+	while (s->tls_ready && s->inlen < SESSION_IN_MAX && tls_has_input(s->tls)) {
+		if (session_in_alloc(s) < 0) {
+			session_close(s, "out of memory");
+			return -1;
+		}
+		ssize_t n = tls_recv(s->tls, s->in + s->inlen, SESSION_IN_MAX - s->inlen);
 		if (n == 0)
 			break;
 		if (n < 0) {
@@ -418,8 +445,12 @@ static int session_tls_fill(struct session *s)
 static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	struct session *s = stream->data;
-	if (nread == 0 || nread == UV_ENOBUFS)
+	if (nread == 0)
 		return;
+	if (nread == UV_ENOBUFS) {
+		session_close(s, "out of memory");
+		return;
+	}
 	if (nread < 0) {
 		session_close(s, nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
 		return;
@@ -482,7 +513,7 @@ static bool session_can_read(const struct session *s)
 		tls_rx_space(s->tls, &b, &len);
 		return len > 0;
 	}
-	return s->inlen < sizeof s->in;
+	return s->inlen < SESSION_IN_MAX;
 }
 
 /* Feeds complete lines to smtp while it can take them, then decides whether
@@ -500,7 +531,7 @@ static void session_process(struct session *s)
 		if (s->tls && session_tls_fill(s) < 0)
 			break;
 		size_t off = 0;
-		while (!s->closing && !s->close_after_flush && !smtp_busy(s->smtp) &&
+		while (s->in && !s->closing && !s->close_after_flush && !smtp_busy(s->smtp) &&
 		       !session_backlogged(s)) {
 			size_t limit = smtp_in_data(s->smtp) ? SMTP_TEXT_LINE_MAX : SMTP_COMMAND_LINE_MAX;
 			const char *line;
@@ -517,8 +548,10 @@ static void session_process(struct session *s)
 					session_client_line(s);
 			}
 		}
-		memmove(s->in, s->in + off, s->inlen - off);
-		s->inlen -= off;
+		if (off) {
+			memmove(s->in, s->in + off, s->inlen - off);
+			s->inlen -= off;
+		}
 		if (s->starttls && !s->closing)
 			session_start_tls(s);
 		/* Room was made: TLS may hold more decrypted input. */
@@ -532,6 +565,7 @@ static void session_process(struct session *s)
 	session_flush(s);
 	if (s->closing)
 		return;
+	session_trim(s);
 	bool want = session_can_read(s);
 	if (want && !s->reading) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
@@ -697,6 +731,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
 	if (--s->handles > 0)
 		return;
 	smtp_free(s->smtp);
+	free(s->in);
 	free(s->out);
 	free(s->cout);
 	/* GnuTLS holds pointers to the credentials until gnutls_deinit. */

@@ -40,7 +40,7 @@ struct tls {
 	bool tickets;              /* ticket key set for this session */
 	unsigned char ticket[64];  /* this name's ticket key */
 	size_t rxoff, rxlen;
-	char rx[TLS_RX_MAX];
+	char *rx; /* TLS_RX_MAX bytes while ciphertext waits, else NULL (owned) */
 };
 
 /* One ticket master key per process, so that tickets survive a reload.
@@ -153,13 +153,27 @@ static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *data, size_t len
 
 void tls_rx_space(struct tls *t, char **buf, size_t *len)
 {
+	if (!t->rx && !(t->rx = malloc(TLS_RX_MAX))) {
+		*buf = NULL;
+		*len = 0;
+		return;
+	}
 	if (t->rxoff > 0) {
 		memmove(t->rx, t->rx + t->rxoff, t->rxlen - t->rxoff);
 		t->rxlen -= t->rxoff;
 		t->rxoff = 0;
 	}
 	*buf = t->rx + t->rxlen;
-	*len = sizeof t->rx - t->rxlen;
+	*len = TLS_RX_MAX - t->rxlen;
+}
+
+void tls_rx_trim(struct tls *t)
+{
+	if (t->rx && t->rxoff == t->rxlen) {
+		free(t->rx);
+		t->rx = NULL;
+		t->rxoff = t->rxlen = 0;
+	}
 }
 
 void tls_received(struct tls *t, size_t n)
@@ -271,6 +285,7 @@ void tls_free(struct tls *t)
 		return;
 	if (t->session)
 		gnutls_deinit(t->session);
+	free(t->rx);
 	tls_context_unref(t->tc);
 	free(t);
 }

@@ -41,9 +41,14 @@ struct tls *tls_new(struct tls_context *tc, const char *listener_default, const 
  * pointers to the credentials until gnutls_deinit). */
 void tls_free(struct tls *t);
 
-/* Free space for ciphertext from the socket; then tls_received(N). */
+/* Free space for ciphertext from the socket (none when out of memory);
+ * then tls_received(N). */
 void tls_rx_space(struct tls *t, char **buf, size_t *len);
 void tls_received(struct tls *t, size_t n);
+
+/* Frees the receive buffer when nothing waits in it: an idle session
+ * should not keep 32 KiB. */
+void tls_rx_trim(struct tls *t);
 
 /* Advances the handshake: 1 done, 0 needs more input, -1 failed (an alert
  * was queued; tls_error() says why). */

@@ -697,6 +697,7 @@ class FakeLmtp:
       mail_reply    reply to MAIL, or "close" to close the connection instead
       rcpt_replies  {address: reply}; others get rcpt_default
       data_reply    reply to DATA
+      rset_reply    reply to RSET
       at_eod        "reply" | "hang" | "garbage" | "close"
       eod_replies   replies, one per accepted recipient (the last one repeats)
       cut_in_data   None, or close the connection once that many bytes of a
@@ -713,6 +714,7 @@ class FakeLmtp:
                  after_lhlo="ok", mail_reply="250 2.1.0 Ok", rcpt_replies=None,
                  rcpt_default="250 2.1.5 Ok", data_reply="354 Send data",
                  at_eod="reply", eod_replies=None, xclient_reply="220 fake.backend ready",
+                 rset_reply="250 2.0.0 Ok",
                  lifetime=60.0, cut_in_data=None, cut_how="close", port=0):
         self.greeting = greeting
         self.capabilities = list(capabilities)
@@ -724,6 +726,7 @@ class FakeLmtp:
         self.at_eod = at_eod
         self.eod_replies = eod_replies
         self.xclient_reply = xclient_reply
+        self.rset_reply = rset_reply
         self.cut_in_data = cut_in_data
         self.cut_how = cut_how
         self.connections = []
@@ -887,7 +890,7 @@ class FakeLmtp:
                     elif verb == "RSET":
                         accepted = []
                         in_tx = False
-                        send("250 2.0.0 Ok")
+                        send(self.rset_reply)
                     elif verb == "NOOP":
                         send("250 2.0.0 Ok")
                     elif verb == "QUIT":

@@ -108,7 +108,7 @@ def test_bytes_pipelined_after_starttls_are_discarded(mxfront, fake_backend, cer
         c.send(dot_stuff(b"Subject: after starttls\r\n\r\nhello\r\n") + b".\r\n")
         assert c.read_reply().code == 250
     m.wait_log(rf"event=starttls_discard bytes={len(injected)}\b")
-    conn = fb.wait_connections(1)[0]
+    conn = lib.wait_until(lambda: fb.used, 5.0, "a transaction at the backend")[0]
     lib.wait_until(lambda: any(cmd.startswith("MAIL") for cmd in conn.commands), 5.0,
                    "the MAIL at the backend")
     every = b"".join(bytes(x.received) for x in fb.connections)
