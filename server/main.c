@@ -20,7 +20,10 @@
 #include "reload.h"
 #include "tls.h"
 
+/* meson.build sets it from the installation's sysconfdir. */
+#ifndef MXFRONT_DEFAULT_CONFIG
 #define MXFRONT_DEFAULT_CONFIG "/etc/mxfront/mxfront.conf"
+#endif
 
 static void main_usage(FILE *out)
 {
