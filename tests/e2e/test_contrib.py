@@ -205,10 +205,14 @@ def test_systemd_unit_has_the_promised_settings():
         assert key in svc and len(svc[key]) == 1, f"{key}: {svc.get(key)}"
         return svc[key][0]
     assert one("Type") == "simple"
-    # -t fails on any bad certificate: it must not gate the start.
     assert "ExecStartPre" not in svc
     assert one("ExecStart") == "/usr/sbin/mxfront -c /etc/mxfront/mxfront.conf"
-    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    # the reload is gated by -t on configuration errors (1) only, not on
+    # certificate problems (3), then it is a SIGHUP
+    check, hup = svc["ExecReload"]
+    assert hup == "/bin/kill -HUP $MAINPID", svc["ExecReload"]
+    assert check == ("/bin/sh -c '/usr/sbin/mxfront -t -c /etc/mxfront/mxfront.conf; "
+                     "[ $$? -ne 1 ]'"), check
     assert one("KillSignal") == "SIGTERM"
     assert one("User") == "mxfront" and one("Group") == "mxfront"
     assert one("AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
@@ -227,6 +231,30 @@ def test_systemd_unit_has_the_promised_settings():
     assert grace, "conf/mxfront.conf: shutdown_timeout default not found"
     assert seconds(one("TimeoutStopSec")) > int(grace.group(1))
     assert "multi-user.target" in u["Install"]["WantedBy"]
+
+
+@pytest.mark.parametrize("case,ok", [("config-typo", False), ("broken-certificate", True),
+                                     ("clean", True)])
+def test_systemd_reload_check_gates_on_configuration_errors_only(tmp_path, case, ok):
+    """The unit's first ExecReload, run as systemd would (after its $$
+    unescaping), on a configuration with a typo / a broken certificate."""
+    check = unit_settings(UNIT)["Service"]["ExecReload"][0]
+    certs = tmp_path / "certs.d"
+    install_cert(certs, "default", make_cert(tmp_path / "scratch", [DEFAULT_NAME], 0x401))
+    if case == "broken-certificate":
+        install_cert(certs, "broken", make_cert(tmp_path / "scratch", ["mx.x.example"], 0x402),
+                     fullchain=b"garbage\n")
+    sections = mxfront_config("127.0.0.1:24", {"tls": {"certs_dir": str(certs)}})
+    if case == "config-typo":
+        sections["backend"]["adress"] = "1"
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, sections)
+    argv = check.replace("/usr/sbin/mxfront", lib.MXFRONT_BIN) \
+                .replace("/etc/mxfront/mxfront.conf", str(conf)).replace("$$", "$")
+    assert argv.startswith("/bin/sh -c '") and argv.endswith("'"), check
+    p = subprocess.run(["/bin/sh", "-c", argv[len("/bin/sh -c '"):-1]], capture_output=True,
+                       text=True, timeout=30)
+    assert (p.returncode == 0) == ok, (p.returncode, p.stderr)
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
@@ -267,7 +295,8 @@ class Deploy:
         install_cert(self.certs, "default", self.default)
         self.a1 = self.make(["mx.a.example"])
         install_cert(self.certs, "mx.a.example", self.a1)
-        self.mx = mxfront(backend, tls={"certs_dir": str(self.certs)})
+        # group: the one group that may read the keys (the hook gives them to it)
+        self.mx = mxfront(backend, server={"group": NOGROUP}, tls={"certs_dir": str(self.certs)})
         self.pidfile = tmp_path / "mxfront.pid"
         self.pidfile.write_text(f"{self.mx.pid}\n")
         self.gid = NOBODY_ID
