@@ -301,9 +301,9 @@ class Deploy:
         self.pidfile.write_text(f"{self.mx.pid}\n")
         self.gid = NOBODY_ID
 
-    def make(self, names):
+    def make(self, names, **kw):
         self.serial += 1
-        c = make_cert(self.scratch, names, self.serial)
+        c = make_cert(self.scratch, names, self.serial, **kw)
         self.known.append(c)
         return c
 
@@ -343,7 +343,7 @@ class Deploy:
             return {}, [name, str(crt), str(key)]
         raise ValueError(kind)
 
-    def run_hook(self, env, args, shell="sh", reload="pidfile"):
+    def run_hook(self, env, args, shell="sh", reload="pidfile", hook=HOOK):
         e = {k: v for k, v in os.environ.items()
              if not k.startswith(("RENEWED_", "LEGO_", "CERT_", "MXFRONT_")) and k != "Le_Domain"}
         e.update(env)
@@ -353,7 +353,8 @@ class Deploy:
             e["MXFRONT_PIDFILE"] = str(self.pidfile)
         else:
             e["MXFRONT_RELOAD_CMD"] = f"kill -HUP {self.mx.pid}"
-        return subprocess.run([shell, str(HOOK), *args], env=e, capture_output=True, text=True,
+        e.setdefault("MXFRONT_ALLOW", str(self.tmp / "deploy-hook.allow"))
+        return subprocess.run([shell, str(hook), *args], env=e, capture_output=True, text=True,
                               timeout=30, cwd=self.tmp)
 
     def deploy_ok(self, env, args, **kw):
@@ -594,3 +595,84 @@ def test_deploy_hook_with_an_already_broken_config_installs_but_does_not_reload(
     deploy.mx.conf.write_text(good)
     hup_ok(deploy.mx)
     deploy.served("mx.b.example", b1)
+
+
+def served_with(port, sni, sigalgs):
+    """The DER an openssl client that accepts only SIGALGS gets for SNI."""
+    import tlsclients
+    return tlsclients.openssl(port, sni=sni, extra=["-sigalgs", sigalgs]).der
+
+
+RSA_SIGALGS = "rsa_pss_rsae_sha256:RSA+SHA256"
+ECDSA_SIGALGS = "ECDSA+SHA256"
+
+
+@as_root
+@pytest.mark.parametrize("kind", ["lego4", "acme.sh-env"])
+def test_deploy_hook_keeps_an_rsa_and_an_ecdsa_certificate_of_one_domain(deploy, kind):
+    """acme.sh and lego name both certificates of a domain after the domain:
+    the second must not replace the first, on issue or on any renewal."""
+    ec1 = deploy.make(["mx.c.example"])
+    deploy.deploy_ok(*deploy.lineage(kind, ec1, "mx.c.example"))
+    rsa1 = deploy.make(["mx.c.example"], rsa=True)
+    p = deploy.deploy_ok(*deploy.lineage(kind, rsa1, "mx.c.example"))
+    assert "mx.c.example.rsa" in p.stderr, p.stderr
+    deploy.assert_installed("mx.c.example", ec1)
+    deploy.assert_installed("mx.c.example.rsa", rsa1)
+    for round_ in range(2):
+        ec2 = deploy.make(["mx.c.example"])
+        deploy.deploy_ok(*deploy.lineage(kind, ec2, "mx.c.example"))
+        rsa2 = deploy.make(["mx.c.example"], rsa=True)
+        deploy.deploy_ok(*deploy.lineage(kind, rsa2, "mx.c.example"))
+        deploy.assert_installed("mx.c.example", ec2)
+        deploy.assert_installed("mx.c.example.rsa", rsa2)
+        assert served_with(deploy.mx.port, "mx.c.example", ECDSA_SIGALGS) == ec2.der
+        assert served_with(deploy.mx.port, "mx.c.example", RSA_SIGALGS) == rsa2.der
+    assert deploy.leftovers() == [], deploy.leftovers()
+
+
+@as_root
+def test_deploy_hook_as_a_global_certbot_hook_needs_an_allow_list(deploy):
+    """Linked into renewal-hooks/deploy/, the hook sees every certificate of
+    the host: without an allow-list it installs none; with one, only those
+    it names (by lineage or domain), and skips the others quietly."""
+    hooks = deploy.tmp / "letsencrypt" / "renewal-hooks" / "deploy"
+    hooks.mkdir(parents=True)
+    (hooks / "mxfront").symlink_to(HOOK)
+    web = deploy.make(["www.example"])
+    env, args = deploy.lineage("certbot", web, "www.example")
+    p = deploy.run_hook(env, args, hook=hooks / "mxfront")
+    assert p.returncode == 1 and "allow-list" in p.stderr, (p.returncode, p.stderr)
+    assert not (deploy.certs / "www.example").exists()
+
+    (deploy.tmp / "deploy-hook.allow").write_text("# for mxfront\nmx.b.example\n\n")
+    p = deploy.run_hook(env, args, hook=hooks / "mxfront")
+    assert p.returncode == 0 and "skipping www.example" in p.stderr, (p.returncode, p.stderr)
+    assert not (deploy.certs / "www.example").exists()
+    b1 = deploy.make(["mx.b.example"])
+    env, args = deploy.lineage("certbot", b1, "mx.b.example")
+    deploy.deploy_ok(env, args, hook=hooks / "mxfront")
+    deploy.assert_installed("mx.b.example", b1)
+    # an allow-list also binds the hook given to one certificate alone
+    env, args = deploy.lineage("lego5", web, "www.example")
+    p = deploy.run_hook(env, args)
+    assert p.returncode == 0 and "skipping" in p.stderr, p.stderr
+    assert not (deploy.certs / "www.example").exists()
+
+
+@as_root
+def test_deploy_hook_warns_loudly_when_a_renewal_changes_the_key(deploy):
+    """DANE: a name whose key changes needs its new TLSA 3 1 1 record first.
+    A renewal with the same key says nothing; one with a new key says so,
+    with the new record and how to keep the key next time."""
+    same = deploy.make(["mx.a.example"], reuse_key=deploy.a1.privkey)
+    p = deploy.deploy_ok(*deploy.lineage("certbot", same, "mx.a.example"))
+    assert "DANE" not in p.stderr, p.stderr
+    fresh = deploy.make(["mx.a.example"])
+    p = deploy.deploy_ok(*deploy.lineage("certbot", fresh, "mx.a.example"))
+    assert "DANE" in p.stderr and "NEW KEY" in p.stderr, p.stderr
+    assert "--reuse-key" in p.stderr and "lego" in p.stderr, p.stderr
+    tlsa = lib.run_mxfront("certs", "--tlsa", "-c", str(deploy.mx.conf)).stdout
+    rec = [ln.split(" ;")[0] for ln in tlsa.splitlines() if ln.startswith("_25._tcp.mx.a.example.")]
+    assert len(rec) == 1 and rec[0] in p.stderr, (rec, p.stderr)
+    deploy.served("mx.a.example", fresh)
