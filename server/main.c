@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "certstore.h"
+#include "check.h"
 #include "config.h"
 #include "log.h"
 #include "preflight.h"
@@ -36,6 +37,8 @@ static void main_usage(FILE *out)
 	        "Usage: mxfront [-c FILE] [--address-file FILE]   run in the foreground\n"
 	        "       mxfront -t [-c FILE]                      check configuration and certificates\n"
 	        "       mxfront certs [-c FILE] [--tlsa]          list the names served\n"
+	        "       mxfront check [-c FILE] [--ca FILE] [--days N] DOMAIN:MX[,MX...][:POLICY] ...\n"
+	        "                                                 check what senders to DOMAIN get\n"
 	        "       mxfront --version | --help\n"
 	        "\n"
 	        "Inbound SMTP front-end: accepts SMTP and relays every message to an LMTP\n"
@@ -50,11 +53,22 @@ static void main_usage(FILE *out)
 	        "                           one per line (useful with port 0)\n"
 	        "      --tlsa               certs: print a DANE record per name and certificate,\n"
 	        "                           _25._tcp.NAME. IN TLSA 3 1 1 SHA256-OF-ITS-KEY\n"
+	        "      --ca FILE            check: verify chains against this PEM bundle\n"
+	        "                           (default: the system's trust store)\n"
+	        "      --days N             check: fail a certificate that expires within N days\n"
+	        "                           (default 14)\n"
 	        "  -V, --version            print the version\n"
 	        "  -h, --help               print this help\n"
 	        "\n"
 	        "certs: one line per name served by certs.d/: name, certificate directory,\n"
 	        "key type, expiry, days left, and which default it is.\n"
+	        "\n"
+	        "check: for each hosted DOMAIN, given its MX host names and the file of its\n"
+	        "MTA-STS policy (RFC 8461): every MX name matches an mx pattern of the policy\n"
+	        "and every pattern an MX name; each MX name gets, through a real handshake\n"
+	        "with its name in SNI, a certificate whose chain verifies for it and that\n"
+	        "does not expire within --days; then what a sender without SNI gets on each\n"
+	        "listener. Exit 0 if all passed, 3 if a check failed.\n"
 	        "\n"
 	        "Exit codes: 0 ok; 1 configuration error (mxfront would not start, or did\n"
 	        "not); 2 usage; 3 (-t, certs) certificate problems only: a certificate that\n"
@@ -361,18 +375,23 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 
 int main(int argc, char **argv)
 {
-	enum { OPT_ADDRESS_FILE = 256, OPT_TLSA };
+	enum { OPT_ADDRESS_FILE = 256, OPT_TLSA, OPT_CA, OPT_DAYS };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "test", no_argument, NULL, 't' },
 		{ "address-file", required_argument, NULL, OPT_ADDRESS_FILE },
 		{ "tlsa", no_argument, NULL, OPT_TLSA },
+		{ "ca", required_argument, NULL, OPT_CA },
+		{ "days", required_argument, NULL, OPT_DAYS },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = MXFRONT_DEFAULT_CONFIG, *address_file = NULL;
 	bool test = false, tlsa = false;
+	struct check_options check = { NULL, 14 };
+	bool check_opts = false;
+	char *end;
 	int c;
 	while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
 		switch (c) {
@@ -380,6 +399,15 @@ int main(int argc, char **argv)
 		case 't': test = true; break;
 		case OPT_ADDRESS_FILE: address_file = optarg; break;
 		case OPT_TLSA: tlsa = true; break;
+		case OPT_CA: check.ca_file = optarg; check_opts = true; break;
+		case OPT_DAYS:
+			check.days = (unsigned)strtoul(optarg, &end, 10);
+			check_opts = true;
+			if (*optarg < '0' || *optarg > '9' || *end || check.days > 3650) {
+				fprintf(stderr, "mxfront: --days takes a number of days, 0 to 3650\n");
+				return MAIN_EXIT_USAGE;
+			}
+			break;
 		case 'V': printf("mxfront %s\n", MXFRONT_VERSION); return 0;
 		case 'h': main_usage(stdout); return 0;
 		default: main_usage(stderr); return MAIN_EXIT_USAGE;
@@ -387,16 +415,24 @@ int main(int argc, char **argv)
 	}
 	/* GNU getopt has moved the options before the command word. */
 	bool certs = optind < argc && strcmp(argv[optind], "certs") == 0;
-	if (certs)
+	bool checking = optind < argc && strcmp(argv[optind], "check") == 0;
+	if (certs || checking)
 		optind++;
 	const char *misplaced = NULL;
 	if (tlsa && !certs)
 		misplaced = "--tlsa";
-	else if (address_file && (certs || test))
+	else if (check_opts && !checking)
+		misplaced = "--ca and --days";
+	else if (address_file && (certs || test || checking))
 		misplaced = "--address-file";
-	else if (test && certs)
+	else if (test && (certs || checking))
 		misplaced = "-t";
-	if (optind < argc || misplaced) {
+	if (checking && optind == argc) {
+		fprintf(stderr, "mxfront: check: name at least one DOMAIN:MX[,MX...][:POLICYFILE]\n");
+		main_usage(stderr);
+		return MAIN_EXIT_USAGE;
+	}
+	if ((optind < argc && !checking) || misplaced) {
 		if (misplaced)
 			fprintf(stderr, "mxfront: %s does not go with this command\n", misplaced);
 		else
@@ -417,6 +453,17 @@ int main(int argc, char **argv)
 		rc = main_certs(cfg, tlsa);
 	} else if (test) {
 		rc = main_test(cfg);
+	} else if (checking) {
+		struct tls_context *tc;
+		struct certstore *cs;
+		struct main_reports r = { 0 };
+		rc = MAIN_EXIT_CONFIG;
+		if (main_load_tls(cfg, &cs, &tc, &r) == 0 && !tls_context_usable(tc))
+			fprintf(stderr, "mxfront: check: no usable certificate: STARTTLS is off\n");
+		else if (tc)
+			rc = check_run(cfg, tc, &check, argv + optind, argc - optind);
+		certstore_unref(cs);
+		tls_context_unref(tc);
 	} else {
 		struct tls_context *tc;
 		struct certstore *cs;

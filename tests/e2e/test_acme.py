@@ -62,6 +62,15 @@ class Pebble:
         assert self.proc.poll() is None, self.log_path.read_text()
         self.url = f"https://127.0.0.1:{self.port}/dir"
 
+    def root(self):
+        """PEM of the root pebble's chains end in (its management API)."""
+        import ssl
+        import urllib.request
+        ctx = ssl.create_default_context(cafile=str(self.tls_cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt}/roots/0", context=ctx,
+                                    timeout=10) as r:
+            return r.read()
+
     def stop(self):
         self.proc.terminate()
         try:
@@ -185,6 +194,14 @@ def test_certbot_issues_and_renews_through_the_deploy_hook(acme):
     assert live == ["default", "mx.a.example", "mx.a.example-rsa", "mx.b.example"], live
     hidden = [e.name for e in acme.certs.iterdir() if e.name.startswith(".")]
     assert len(hidden) == 3, f"old copies left behind: {hidden}"
+
+    # mxfront check: the pebble-issued chains verify against pebble's root
+    root = acme.tmp / "pebble-root.pem"
+    root.write_bytes(acme.pebble.root())
+    p = lib.run_mxfront("check", "-c", str(acme.mx.conf), "--ca", str(root), "--days", "7",
+                        "a.example:mx.a.example", "b.example:mx.b.example,mx2.b.example")
+    assert p.returncode == 0 and "FAIL" not in p.stdout, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.count("chain verifies") == 4, p.stdout  # a: ECDSA and RSA; b: two names
     assert time.monotonic() - t0 < 60
 
 
