@@ -75,6 +75,8 @@ static uint32_t *certstore_collect(struct certstore_loader *ld)
 		map[i] = (uint32_t)cs->ncerts;
 		if (it->reason != NULL)
 			certstore_report(ld, it->label, it->file, "%s%s", it->reason, keep ? keeping : "");
+		for (unsigned k = 0; it->cert != NULL && k < it->nwarn; k++)
+			certstore_warn(ld, it->label, it->warn_file[k], "%s", it->warn[k]);
 		if (it->reused && !prev_ok) {
 			certstore_date(it->prev->not_after, date);
 			certstore_report(ld, it->label, "fullchain.pem", "expired on %s", date);
@@ -544,6 +546,8 @@ static void certstore_loader_fini(struct certstore_loader *ld, struct certstore_
 	for (i = 0; ld->items != NULL && i < ld->nlabels; i++) {
 		certstore_cert_unref(ld->items[i].cert);
 		free(ld->items[i].reason);
+		for (unsigned k = 0; k < ld->items[i].nwarn; k++)
+			free(ld->items[i].warn[k]);
 	}
 	free(ld->items);
 	free(ld->labels);
@@ -553,8 +557,9 @@ static void certstore_loader_fini(struct certstore_loader *ld, struct certstore_
 	free(ld->fresh);
 }
 
-int certstore_load(const char *dir, time_t now, const struct certstore *prev,
-                   certstore_report_fn report, void *arg, struct certstore **out)
+int certstore_load(const char *dir, time_t now, const struct certstore_checks *checks,
+                   const struct certstore *prev, certstore_report_fn report, void *arg,
+                   struct certstore **out)
 {
 	struct certstore_loader ld = { .dir = dir, .now = now, .report = report, .arg = arg };
 	struct certstore_worker *w = NULL;
@@ -563,6 +568,8 @@ int certstore_load(const char *dir, time_t now, const struct certstore *prev,
 	int ret = -1;
 
 	*out = NULL;
+	if (checks != NULL && checks->warn != NULL)
+		ld.checks = checks;
 	clock_gettime(CLOCK_REALTIME, &ld.started);
 	/* Another directory (the configuration changed) has no last good. */
 	if (prev != NULL && strcmp(prev->dir, dir) == 0)
@@ -650,7 +657,9 @@ void certstore_foreach(const struct certstore *cs, certstore_each_fn fn, void *a
 		const struct certstore_name *n = &cs->names[i];
 		for (j = 0; j < n->count; j++) {
 			const struct certstore_cert *c = cs->certs[cs->members[n->first + j]];
-			fn(arg, n->pub.name, c->label, c->keytype, c->not_after);
+			struct certstore_row row = { n->pub.name, c->label, c->keytype, c->not_after,
+				                     c->spki_sha256 };
+			fn(arg, &row);
 		}
 	}
 }

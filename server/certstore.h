@@ -9,6 +9,7 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <time.h>
 
 struct certstore;
@@ -35,9 +36,19 @@ enum certstore_match {
  * 2026-01-01", "cannot read: No such file or directory", ...). */
 typedef void (*certstore_report_fn)(void *arg, const char *path, const char *reason);
 
+/* What loading also looks at in a certificate it loads (and so serves):
+ * each finding is reported through WARN, with the report's ARG. */
+struct certstore_checks {
+	gid_t key_group;          /* mxfront's group: the one group that may read a key */
+	certstore_report_fn warn; /* NULL: nothing checked */
+};
+
 /* Loads every DIR/<label>/fullchain.pem + privkey.pem (hidden entries
  * ignored) into a new generation with one reference (the caller's). NOW is
- * the time expiry is judged against. Returns 0, or -1 only when DIR itself
+ * the time expiry is judged against. CHECKS (or NULL; borrowed for the call)
+ * asks for warnings about each certificate read: a privkey.pem readable by
+ * others or by a group other than CHECKS->key_group, a wildcard for a
+ * public suffix ("*.com", "*.co.uk": the public suffix list through libpsl). Returns 0, or -1 only when DIR itself
  * cannot be read (REPORT says why); bad certificates are reported and skipped.
  * PREV (NULL on first load; borrowed: the caller holds a reference for the
  * call) is the live generation, loaded from the same DIR (else it is
@@ -50,8 +61,9 @@ typedef void (*certstore_report_fn)(void *arg, const char *path, const char *rea
  * one takes its names away. Nothing reachable from PREV is changed but
  * reference counts, so PREV may be in use on other threads meanwhile, and
  * the two generations may be released in any order, on any threads. */
-int certstore_load(const char *dir, time_t now, const struct certstore *prev,
-                   certstore_report_fn report, void *arg, struct certstore **out);
+int certstore_load(const char *dir, time_t now, const struct certstore_checks *checks,
+                   const struct certstore *prev, certstore_report_fn report, void *arg,
+                   struct certstore **out);
 
 /* What a reload changed, for its log line: names are counted once each,
  * directories once per certificate directory of NEXT. */
@@ -92,11 +104,18 @@ const char *certstore_served_label(const struct certstore *cs, const struct cert
 size_t certstore_ncerts(const struct certstore *cs);
 size_t certstore_nnames(const struct certstore *cs);
 
-/* For `mxfront certs`: calls FN once per (name, certificate) pair, names in
- * sorted order. KEYTYPE is "RSA-2048", "ECDSA-P256", ...; NOT_AFTER the
- * certificate's expiry. */
-typedef void (*certstore_each_fn)(void *arg, const char *name, const char *label,
-                                  const char *keytype, time_t not_after);
+/* One (name, certificate) pair, for `mxfront certs`. */
+struct certstore_row {
+	const char *name;    /* as indexed: lower case, maybe "*.example.com" */
+	const char *label;   /* the certificate's directory */
+	const char *keytype; /* "RSA-2048", "ECDSA-P256", ... */
+	time_t not_after;    /* the certificate's expiry */
+	const unsigned char *spki_sha256; /* 32 bytes: SHA-256 of its SubjectPublicKeyInfo (DANE 3 1 1) */
+};
+
+/* Calls FN once per (name, certificate) pair, names in sorted order; ROW is
+ * borrowed for the call. */
+typedef void (*certstore_each_fn)(void *arg, const struct certstore_row *row);
 void certstore_foreach(const struct certstore *cs, certstore_each_fn fn, void *arg);
 
 #endif

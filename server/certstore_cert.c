@@ -10,7 +10,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gnutls/abstract.h>
+#include <gnutls/crypto.h>
 #include <gnutls/x509.h>
+#include <grp.h>
+#include <libpsl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -23,22 +26,61 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Hands REASON about DIR/LABEL/FILE (FILE or LABEL may be NULL) to FN. */
+static void certstore_vreport(struct certstore_loader *ld, certstore_report_fn fn,
+                              const char *label, const char *file, const char *fmt, va_list ap)
+{
+	char path[PATH_MAX + 256], reason[600];
+
+	snprintf(path, sizeof path, "%s%s%s%s%s", ld->dir, label ? "/" : "", label ? label : "",
+	         file ? "/" : "", file ? file : "");
+	vsnprintf(reason, sizeof reason, fmt, ap);
+	fn(ld->arg, path, reason);
+}
+
 /* Reports REASON about DIR/LABEL/FILE (FILE or LABEL may be NULL) now; for
  * the caller's thread only. */
 void certstore_report(struct certstore_loader *ld, const char *label, const char *file,
                       const char *fmt, ...)
 {
-	char path[PATH_MAX + 256], reason[600];
 	va_list ap;
 
 	if (ld->report == NULL)
 		return;
-	snprintf(path, sizeof path, "%s%s%s%s%s", ld->dir, label ? "/" : "", label ? label : "",
-	         file ? "/" : "", file ? file : "");
 	va_start(ap, fmt);
-	vsnprintf(reason, sizeof reason, fmt, ap);
+	certstore_vreport(ld, ld->report, label, file, fmt, ap);
 	va_end(ap);
-	ld->report(ld->arg, path, reason);
+}
+
+void certstore_warn(struct certstore_loader *ld, const char *label, const char *file,
+                    const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ld->checks == NULL)
+		return;
+	va_start(ap, fmt);
+	certstore_vreport(ld, ld->checks->warn, label, file, fmt, ap);
+	va_end(ap);
+}
+
+/* Notes a warning about FILE of directory IDX, made if its certificate loads. */
+static void certstore_note_warning(struct certstore_worker *w, size_t idx, const char *file,
+                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void certstore_note_warning(struct certstore_worker *w, size_t idx, const char *file,
+                                   const char *fmt, ...)
+{
+	struct certstore_item *it = &w->ld->items[idx];
+	va_list ap;
+
+	if (it->nwarn == CERTSTORE_MAX_WARN)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&it->warn[it->nwarn], fmt, ap) < 0)
+		w->nomem = true;
+	else
+		it->warn_file[it->nwarn++] = file;
+	va_end(ap);
 }
 
 /* Records a problem with FILE of directory IDX, to be reported after loading. */
@@ -94,7 +136,8 @@ size_t certstore_buf_add(struct certstore_buf *b, const char *s, size_t len)
 static void certstore_stamp_set(struct certstore_stamp *s, const struct stat *st)
 {
 	*s = (struct certstore_stamp){ .dev = st->st_dev, .ino = st->st_ino, .size = st->st_size,
-		                       .mtim = st->st_mtim, .ctim = st->st_ctim };
+		                       .mtim = st->st_mtim, .ctim = st->st_ctim,
+		                       .mode = st->st_mode, .gid = st->st_gid };
 }
 
 static bool certstore_stamp_eq(const struct certstore_stamp *a, const struct certstore_stamp *b)
@@ -248,6 +291,55 @@ static void certstore_bad_name(struct certstore_worker *w, const char *s, size_t
 		certstore_escape(s, len, w->bad, sizeof w->bad);
 }
 
+static const psl_ctx_t *certstore_psl;
+
+static void certstore_psl_init(void)
+{
+	/* The newer of libpsl's built-in list and the system's (Debian's publicsuffix). */
+	certstore_psl = psl_latest(NULL);
+	if (certstore_psl == NULL)
+		certstore_psl = psl_builtin();
+}
+
+/* Whether NAME ("com", "co.uk", "github.io") is a public suffix: a wildcard
+ * over it would serve names of unrelated owners. Only listed suffixes count,
+ * not every unknown top-level name (libpsl's implicit "*" rule). */
+static bool certstore_public_suffix(const char *name)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, certstore_psl_init);
+	return certstore_psl != NULL &&
+	       psl_is_public_suffix2(certstore_psl, name, PSL_TYPE_ANY | PSL_TYPE_NO_STAR_RULE);
+}
+
+/* Notes a privkey.pem (stamped ST) that someone besides mxfront may read:
+ * everyone, or a group other than mxfront's. */
+static void certstore_check_key_mode(struct certstore_worker *w, size_t idx,
+                                     const struct certstore_stamp *st)
+{
+	const struct certstore_checks *c = w->ld->checks;
+	char buf[1024], name[64];
+	struct group gr, *found = NULL;
+
+	if (c == NULL)
+		return;
+	if (st->mode & S_IROTH) {
+		certstore_note_warning(w, idx, "privkey.pem",
+		                       "private key readable by everyone (mode %04o): chmod 0640 "
+		                       "(group mxfront's) or 0600",
+		                       (unsigned)(st->mode & 07777));
+	} else if ((st->mode & S_IRGRP) && st->gid != c->key_group) {
+		getgrgid_r(st->gid, &gr, buf, sizeof buf, &found);
+		snprintf(name, sizeof name, "%s", found ? found->gr_name : "?");
+		certstore_note_warning(w, idx, "privkey.pem",
+		                       "private key readable by group %s (gid %u, mode %04o), not "
+		                       "mxfront's group (gid %u): chgrp it or chmod 0600",
+		                       name, (unsigned)st->gid, (unsigned)(st->mode & 07777),
+		                       (unsigned)c->key_group);
+	}
+}
+
 /* Records name S[0..LEN) of label IDX's certificate; returns 1 if usable, 0 if not. */
 static int certstore_add_name(struct certstore_worker *w, uint32_t idx, const char *s, size_t len)
 {
@@ -267,6 +359,11 @@ static int certstore_add_name(struct certstore_worker *w, uint32_t idx, const ch
 		w->pairs = p;
 		w->pairs_cap = cap;
 	}
+	if (norm[0] == '*' && w->ld->checks != NULL && certstore_public_suffix(norm + 2))
+		certstore_note_warning(w, idx, "fullchain.pem",
+		                       "wildcard %s covers a public suffix: it serves any name under "
+		                       "'%s', domains of unrelated owners",
+		                       norm, norm + 2);
 	off = certstore_buf_add(&w->strs, norm, (size_t)n);
 	if (off == SIZE_MAX)
 		goto nomem;
@@ -361,6 +458,18 @@ static void certstore_keytype(gnutls_pubkey_t pub, char *out, size_t size, bool 
 	default:
 		snprintf(out, size, "%s", pk > 0 ? gnutls_pk_get_name(pk) : "unknown");
 	}
+}
+
+/* SHA-256 of PUB's SubjectPublicKeyInfo (DER) into OUT: a DANE 3 1 1 record's data. */
+static int certstore_spki_hash(gnutls_pubkey_t pub, unsigned char out[32])
+{
+	gnutls_datum_t der = { NULL, 0 };
+	int ret = gnutls_pubkey_export2(pub, GNUTLS_X509_FMT_DER, &der);
+
+	if (ret == 0)
+		ret = gnutls_hash_fast(GNUTLS_DIG_SHA256, der.data, der.size, out);
+	gnutls_free(der.data);
+	return ret;
 }
 
 /* Allocates an empty server credential with a minimal trust list. */
@@ -542,6 +651,11 @@ static int certstore_cert_cred(struct certstore_cert *cert, gnutls_x509_crt_t *c
 		return ret;
 	}
 	certstore_keytype(pcerts[0].pubkey, cert->keytype, sizeof cert->keytype, &cert->rsa);
+	ret = certstore_spki_hash(pcerts[0].pubkey, cert->spki_sha256);
+	if (ret < 0) {
+		certstore_pair_free(pcerts, n, key);
+		return ret;
+	}
 	/* GnuTLS's own match test signs and verifies (~1 ms with RSA-2048, too
 	 * slow for 50,000 certificates): equal public values prove the match, and
 	 * only when they differ (a mismatch, or an RSA key in an RSA-PSS
@@ -710,9 +824,12 @@ void certstore_load_one(struct certstore_worker *w, size_t idx)
 	} else if (!certstore_read(w->ld->dfd, it->label, "privkey.pem", &w->key, &it->key_st, why,
 	                           sizeof why)) {
 		certstore_note(w, idx, "privkey.pem", "cannot read: %s", why);
-	} else if (certstore_parse(w, idx, &crts, &n, &x)) {
-		certstore_add(w, idx, crts, n, x);
-		x = NULL;
+	} else {
+		certstore_check_key_mode(w, idx, &it->key_st);
+		if (certstore_parse(w, idx, &crts, &n, &x)) {
+			certstore_add(w, idx, crts, n, x);
+			x = NULL;
+		}
 	}
 	if (x != NULL)
 		gnutls_x509_privkey_deinit(x);

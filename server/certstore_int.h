@@ -24,6 +24,7 @@
 #define CERTSTORE_MAX_THREADS 8
 #define CERTSTORE_BATCH 16             /* directories a loading thread takes at a time */
 #define CERTSTORE_NONE UINT32_MAX
+#define CERTSTORE_MAX_WARN 2        /* one about the key, one about the names */
 /* File times are coarse (a jiffy; whole seconds on some file systems): a file
  * modified this close to being read may be rewritten with the same stamp. */
 #define CERTSTORE_RACY_SECS 2
@@ -35,6 +36,8 @@ struct certstore_stamp {
 	ino_t ino;
 	off_t size;
 	struct timespec mtim, ctim;
+	mode_t mode; /* not compared: a chmod or chgrp changes the ctim */
+	gid_t gid;
 };
 
 /* A GnuTLS credential holding N certificates (chain and key each), shared by
@@ -63,6 +66,7 @@ struct certstore_cert {
 	time_t not_after;
 	char keytype[16]; /* "RSA-2048", "ECDSA-P256", "Ed25519" */
 	bool rsa;         /* RSA or RSA-PSS: offered after other key types */
+	unsigned char spki_sha256[32]; /* SHA-256 of the leaf's SubjectPublicKeyInfo */
 	char label[];     /* directory name */
 };
 
@@ -125,6 +129,9 @@ struct certstore_item {
 	struct certstore_stamp chain_st, key_st; /* of the files just read */
 	const char *file;            /* the file REASON is about, NULL for the directory */
 	char *reason;                /* the report to make, NULL if none */
+	unsigned nwarn;              /* warnings about the certificate loaded from here */
+	const char *warn_file[CERTSTORE_MAX_WARN];
+	char *warn[CERTSTORE_MAX_WARN];
 };
 
 /* The state shared by the loading threads (each writes only its own items). */
@@ -132,6 +139,7 @@ struct certstore_loader {
 	const char *dir;
 	int dfd;
 	time_t now;
+	const struct certstore_checks *checks; /* or NULL */
 	struct timespec started; /* CLOCK_REALTIME, before anything was read */
 	const struct certstore *prev; /* NULL, or the live generation from the same DIR */
 	certstore_report_fn report;
@@ -166,6 +174,10 @@ struct certstore_worker {
  * the caller's thread only. */
 void certstore_report(struct certstore_loader *ld, const char *label, const char *file,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* The same for a warning about a certificate that loaded (ld->checks set). */
+void certstore_warn(struct certstore_loader *ld, const char *label, const char *file,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Loads directory IDX of the loader into its item (cert, stamps, report). */
 void certstore_load_one(struct certstore_worker *w, size_t idx);

@@ -90,7 +90,9 @@ static const struct config_key config_keys[] = {
 
 struct config_loader {
 	struct config *cfg;
+	FILE *f;
 	bool seen[CONFIG_NKEYS];
+	int reading;          /* the line inih is handling now (lines read so far) */
 	int line;             /* line of the first error, 0 if none */
 	char reason[256];     /* "key: reason" of the first error */
 };
@@ -368,9 +370,10 @@ static int config_set(struct config *cfg, const struct config_key *k, const char
 		return 0;
 	}
 	case CONFIG_PATH: {
+		/* Empty: none (certs_dir: plaintext only, on purpose). */
 		char *path = value[0] ? config_join_path(cfg->dir, value) : NULL;
-		if (!path) {
-			snprintf(why, whysize, "needs a path");
+		if (!path && value[0]) {
+			snprintf(why, whysize, "out of memory");
 			return -1;
 		}
 		free(*(char **)field);
@@ -453,6 +456,7 @@ static int config_ini_cb(void *user, const char *section, const char *name, cons
 		return 0;
 	}
 	ld->seen[idx] = true;
+	ld->cfg->lines[idx] = ld->reading;
 	if (config_set(ld->cfg, k, value, why, sizeof why) < 0) {
 		snprintf(ld->reason, sizeof ld->reason, "%s: %s", name, why);
 		return 0;
@@ -475,6 +479,7 @@ static void config_free(struct config *cfg)
 	free(cfg->tls_certs_dir);
 	free(cfg->tls_default_cert);
 	free(cfg->tls_priority);
+	free(cfg->lines);
 	free(cfg);
 }
 
@@ -545,11 +550,30 @@ static struct config *config_alloc(const char *path)
 	cfg->path = strdup(path);
 	const char *slash = strrchr(path, '/');
 	cfg->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
-	if (!cfg->path || !cfg->dir) {
+	cfg->lines = calloc(CONFIG_NKEYS, sizeof *cfg->lines);
+	if (!cfg->path || !cfg->dir || !cfg->lines) {
 		config_free(cfg);
 		return NULL;
 	}
 	return cfg;
+}
+
+/* inih's reader: fgets, counting lines so that the handler knows its line. */
+static char *config_read_line(char *str, int num, void *stream)
+{
+	struct config_loader *ld = stream;
+	char *s = fgets(str, num, ld->f);
+	if (s)
+		ld->reading++;
+	return s;
+}
+
+int config_key_line(const struct config *cfg, const char *section, const char *key)
+{
+	for (size_t i = 0; i < CONFIG_NKEYS; i++)
+		if (strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].key, key) == 0)
+			return cfg->lines[i];
+	return 0;
 }
 
 int config_load(const char *path, struct config **out, char *err, size_t errsize)
@@ -576,7 +600,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errsize
 	/* Debian's inih: stop at the first error, so a later one can't hide it. */
 	ini_stop_on_first_error = true;
 #endif
-	if (rc == 0 && (ld.line = ini_parse_file(f, config_ini_cb, &ld)) != 0) {
+	ld.f = f;
+	if (rc == 0 && (ld.line = ini_parse_stream(config_read_line, &ld, config_ini_cb, &ld)) != 0) {
 		if (ld.reason[0])
 			snprintf(err, errsize, "%s:%d: %s", path, ld.line, ld.reason);
 		else

@@ -22,6 +22,7 @@ struct config {
 	atomic_int refs;
 	char *path; /* owned: the file this came from */
 	char *dir;  /* owned: its directory, base of relative paths */
+	int *lines; /* owned: the line each key of config.c's table was set on, 0 if not */
 
 	/* [server] */
 	struct config_addr *listen; /* owned array */
@@ -54,7 +55,8 @@ struct config {
 	bool bare_newline_normalize; /* else reject */
 
 	/* [tls] */
-	char *tls_certs_dir; /* absolute, or made so from the config file's directory */
+	char *tls_certs_dir; /* absolute, or made so from the config file's directory; NULL
+	                      * when set empty: plaintext only, on purpose */
 	char *tls_default_cert;
 	bool tls_sni_strict;
 	char *tls_priority;
@@ -70,6 +72,9 @@ struct config {
 /* Loads PATH into a new config with one reference (the caller's). On error
  * returns a negative value, *out untouched, and ERR holds "FILE:LINE: key: reason". */
 int config_load(const char *path, struct config **out, char *err, size_t errsize);
+
+/* The line of CFG's file that set [SECTION] KEY, or 0 if it kept its default. */
+int config_key_line(const struct config *cfg, const char *section, const char *key);
 
 /* Takes another reference; returns CFG. */
 struct config *config_ref(struct config *cfg);

@@ -372,8 +372,9 @@ void listener_update(struct listener *l, struct config *cfg, struct tls_context 
 	tls_context_unref(old_tc);
 }
 
-/* One socket bound to SA with SO_REUSEPORT, listening; -1 with ERR. */
-static int listener_socket(const struct sockaddr *sa, socklen_t salen, char *err, size_t errsize)
+/* One socket bound to SA with SO_REUSEPORT, listening if LISTEN; -1 with ERR. */
+static int listener_socket(const struct sockaddr *sa, socklen_t salen, bool listen_too, char *err,
+                           size_t errsize)
 {
 	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int on = 1;
@@ -381,13 +382,25 @@ static int listener_socket(const struct sockaddr *sa, socklen_t salen, char *err
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
 	    (sa->sa_family == AF_INET6 &&
 	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) ||
-	    bind(fd, sa, salen) < 0 || listen(fd, 511) < 0) {
-		snprintf(err, errsize, "%s", strerror(errno));
+	    bind(fd, sa, salen) < 0 || (listen_too && listen(fd, 511) < 0)) {
+		int e = errno;
+		snprintf(err, errsize, "%s", strerror(e));
 		if (fd >= 0)
 			close(fd);
+		errno = e;
 		return -1;
 	}
 	return fd;
+}
+
+int listener_try_bind(const struct config_addr *a, int *error, char *err, size_t errsize)
+{
+	int fd = listener_socket((const struct sockaddr *)&a->sa, a->salen, false, err, errsize);
+	*error = fd < 0 ? errno : 0;
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
 }
 
 static void listener_format(const struct sockaddr *sa, char *out, size_t size)
@@ -411,7 +424,7 @@ int listener_bind(const struct config_addr *a, unsigned n, int *fds, char *bound
 	socklen_t len = a->salen;
 	char why[200];
 	for (unsigned i = 0; i < n; i++) {
-		fds[i] = listener_socket((struct sockaddr *)&ss, len, why, sizeof why);
+		fds[i] = listener_socket((struct sockaddr *)&ss, len, true, why, sizeof why);
 		if (fds[i] < 0) {
 			snprintf(err, errsize, "listen %s: %s", a->text, why);
 			while (i--)

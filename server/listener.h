@@ -33,6 +33,11 @@ unsigned listener_shared_sessions(struct listener_shared *sh);
 int listener_bind(const struct config_addr *a, unsigned n, int *fds, char *bound, size_t boundsize,
                   char *err, size_t errsize);
 
+/* Binds one socket to A as listener_bind() would, without listening, and
+ * closes it: whether the daemon could bind A now. Returns 0, or -1 with
+ * the errno in *ERROR and its text in ERR. */
+int listener_try_bind(const struct config_addr *a, int *error, char *err, size_t errsize);
+
 /* True when A and B name the same socket address. */
 bool listener_same_address(const struct config_addr *a, const struct config_addr *b);
 

@@ -5,6 +5,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +15,11 @@
 #include <uv.h>
 
 #include "certstore.h"
+#include "check.h"
 #include "config.h"
 #include "fdlimit.h"
 #include "log.h"
+#include "preflight.h"
 #include "reload.h"
 #include "tls.h"
 
@@ -25,27 +28,56 @@
 #define MXFRONT_DEFAULT_CONFIG "/etc/mxfront/mxfront.conf"
 #endif
 
+/* Exit codes beyond 0: see main_usage. */
+enum {
+	MAIN_EXIT_CONFIG = 1, /* configuration error: the daemon would not (or did not) start */
+	MAIN_EXIT_USAGE = 2,
+	MAIN_EXIT_CERTS = 3,  /* certificate problems only: the daemon runs, skipping them */
+};
+
 static void main_usage(FILE *out)
 {
 	fprintf(out,
 	        "Usage: mxfront [-c FILE] [--address-file FILE]   run in the foreground\n"
 	        "       mxfront -t [-c FILE]                      check configuration and certificates\n"
-	        "       mxfront certs [-c FILE]                   list the names served\n"
+	        "       mxfront certs [-c FILE] [--tlsa]          list the names served\n"
+	        "       mxfront check [-c FILE] [--ca FILE] [--days N] DOMAIN:MX[,MX...][:POLICY] ...\n"
+	        "                                                 check what senders to DOMAIN get\n"
 	        "       mxfront --version | --help\n"
 	        "\n"
 	        "Inbound SMTP front-end: accepts SMTP and relays every message to an LMTP\n"
 	        "backend, answering the client with the backend's verdict.\n"
 	        "\n"
 	        "  -c, --config FILE        configuration file (default " MXFRONT_DEFAULT_CONFIG ")\n"
-	        "  -t, --test               check the configuration and load certs.d/, print\n"
-	        "                           every problem; exit 1 if there was any\n"
+	        "  -t, --test               check everything the start would: the configuration,\n"
+	        "                           [server] user and group, that each listen address\n"
+	        "                           can be bound, certs_dir, certs.d/ and the defaults;\n"
+	        "                           print every problem\n"
 	        "      --address-file FILE  once listening, write the bound addresses there,\n"
 	        "                           one per line (useful with port 0)\n"
+	        "      --tlsa               certs: print a DANE record per name and certificate,\n"
+	        "                           _25._tcp.NAME. IN TLSA 3 1 1 SHA256-OF-ITS-KEY\n"
+	        "      --ca FILE            check: verify chains against this PEM bundle\n"
+	        "                           (default: the system's trust store)\n"
+	        "      --days N             check: fail a certificate that expires within N days\n"
+	        "                           (default 14)\n"
 	        "  -V, --version            print the version\n"
 	        "  -h, --help               print this help\n"
 	        "\n"
 	        "certs: one line per name served by certs.d/: name, certificate directory,\n"
 	        "key type, expiry, days left, and which default it is.\n"
+	        "\n"
+	        "check: for each hosted DOMAIN, given its MX host names and the file of its\n"
+	        "MTA-STS policy (RFC 8461): every MX name matches an mx pattern of the policy\n"
+	        "and every pattern an MX name; each MX name gets, through a real handshake\n"
+	        "with its name in SNI, a certificate whose chain verifies for it and that\n"
+	        "does not expire within --days; then what a sender without SNI gets on each\n"
+	        "listener. Exit 0 if all passed, 3 if a check failed.\n"
+	        "\n"
+	        "Exit codes: 0 ok; 1 configuration error (mxfront would not start, or did\n"
+	        "not); 2 usage; 3 (-t, certs) certificate problems only: a certificate that\n"
+	        "is skipped, a key others may read, a wildcard for a public suffix, no usable\n"
+	        "certificate at all (mxfront runs, without them).\n"
 	        "\n"
 	        "Signals: HUP reloads the configuration and certs.d/ (kept as they were if\n"
 	        "anything fails to load); TERM or INT stop gracefully: idle sessions get\n"
@@ -53,83 +85,154 @@ static void main_usage(FILE *out)
 	        "Logs go to stderr, one key=value line per event.\n");
 }
 
-/* certstore problems: logged when running, printed when checking. */
+/* What loading certs.d/ reported: problems (a certificate skipped) and
+ * warnings (one served, but see why), and the last reason, which is why the
+ * directory itself could not be read when certstore_load() fails. */
+struct main_reports {
+	const char *dir; /* certs_dir: its own failure is said once, as a configuration error */
+	int problems, warnings;
+	char last[600];
+};
+
 static void main_cert_problem_cb(void *arg, const char *path, const char *reason)
 {
-	int *problems = arg;
-	(*problems)++;
+	struct main_reports *r = arg;
+	snprintf(r->last, sizeof r->last, "%s", reason);
+	if (r->dir && strcmp(path, r->dir) == 0)
+		return;
+	r->problems++;
 	log_warn("event=cert_error file=%s reason=\"%s\"", path, reason);
 }
 
-/* Loads certs.d/ and builds the TLS context. A missing or empty directory
- * means no STARTTLS (a warning), not a failure; a default that no loaded
- * certificate serves is a failure. *PROBLEMS counts the bad files. */
-static int main_load_tls(struct config *cfg, struct certstore **cs, struct tls_context **tc,
-                         int *problems, char *err, size_t errsize)
+static void main_cert_warning_cb(void *arg, const char *path, const char *reason)
 {
+	struct main_reports *r = arg;
+	r->warnings++;
+	log_warn("event=cert_warning file=%s reason=\"%s\"", path, reason);
+}
+
+/* Prints a problem of CFG's [SECTION] KEY as FILE:LINE: [SECTION] KEY: ...
+ * (FILE: when the key kept its default). */
+static void main_config_error(const struct config *cfg, const char *section, const char *key,
+                              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void main_config_error(const struct config *cfg, const char *section, const char *key,
+                              const char *fmt, ...)
+{
+	char reason[600], where[32] = "";
+	int line = config_key_line(cfg, section, key);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof reason, fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(where, sizeof where, ":%d", line);
+	fprintf(stderr, "mxfront: %s%s: [%s] %s: %s\n", cfg->path, where, section, key, reason);
+}
+
+/* Loads certs.d/ as the daemon does (problems and warnings logged and
+ * counted in *R) and builds the TLS context. An empty certs_dir means
+ * plaintext only, on purpose (*CS and *TC stay NULL); a certs_dir that
+ * cannot be read, or a default that no loaded certificate serves, is a
+ * failure (printed). */
+static int main_load_tls(struct config *cfg, struct certstore **cs, struct tls_context **tc,
+                         struct main_reports *r)
+{
+	char err[512];
 	*tc = NULL;
 	*cs = NULL;
-	int before = *problems;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, problems,
-	                   cs) < 0) {
-		/* No certs.d at all is a plaintext-only set-up, not a broken file. */
-		*problems = before;
-		*cs = NULL;
-		log_warn("event=tls_disabled reason=\"cannot read %s\"", cfg->tls_certs_dir);
+	if (!cfg->tls_certs_dir) {
+		log_warn("event=tls_disabled reason=\"[tls] certs_dir is empty: plaintext only\"");
 		return 0;
 	}
-	int rc = tls_context_new(cfg, *cs, tc, err, errsize);
-	if (rc == 0 && certstore_ncerts(*cs) == 0)
+	struct certstore_checks checks = { preflight_key_group(cfg), main_cert_warning_cb };
+	r->dir = cfg->tls_certs_dir;
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), &checks, NULL, main_cert_problem_cb, r,
+	                   cs) < 0) {
+		/* A mistyped certs_dir must not make a plaintext-only MX unnoticed. */
+		main_config_error(cfg, "tls", "certs_dir", "%s: %s (leave certs_dir empty for a "
+		                  "plaintext-only MX)", cfg->tls_certs_dir, r->last);
+		*cs = NULL;
+		return -1;
+	}
+	if (tls_context_new(cfg, *cs, tc, err, sizeof err) < 0) {
+		fprintf(stderr, "mxfront: %s: %s\n", cfg->path, err);
+		return -1;
+	}
+	if (certstore_ncerts(*cs) == 0) {
+		r->problems++;
 		log_warn("event=tls_disabled reason=\"no usable certificate in %s\"", cfg->tls_certs_dir);
-	else if (rc == 0)
-		log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d", cfg->tls_certs_dir,
-		         certstore_ncerts(*cs), certstore_nnames(*cs), *problems);
-	return rc;
+	} else {
+		log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d warnings=%d",
+		         cfg->tls_certs_dir, certstore_ncerts(*cs), certstore_nnames(*cs), r->problems,
+		         r->warnings);
+	}
+	return 0;
 }
 
 /* Switches to [server] user/group once the sockets are bound and the keys
  * read, before any client byte. Running on as root needs user = root. */
-static int main_drop_privileges(const struct config *cfg, char *err, size_t errsize)
+static int main_drop_privileges(const struct config *cfg)
 {
-	if (cfg->user[0] == '\0') {
-		if (geteuid() == 0) {
-			snprintf(err, errsize, "refusing to run as root: set [server] user "
-			                       "(user = root to accept the risk)");
-			return -1;
-		}
+	struct preflight_identity id;
+	const char *key;
+	char err[512];
+	if (preflight_identity(cfg, &id, &key, err, sizeof err) < 0) {
+		main_config_error(cfg, "server", key, "%s", err);
+		return -1;
+	}
+	if (!id.change)
 		return 0;
-	}
-	struct passwd *pw = getpwnam(cfg->user);
-	if (!pw) {
-		snprintf(err, errsize, "[server] user: no such user '%s'", cfg->user);
-		return -1;
-	}
-	gid_t gid = pw->pw_gid;
-	if (cfg->group[0]) {
-		struct group *gr = getgrnam(cfg->group);
-		if (!gr) {
-			snprintf(err, errsize, "[server] group: no such group '%s'", cfg->group);
-			return -1;
-		}
-		gid = gr->gr_gid;
-	}
-	if (geteuid() != 0) {
-		if (pw->pw_uid == geteuid())
-			return 0;
-		snprintf(err, errsize, "[server] user: cannot switch to '%s' without root", cfg->user);
-		return -1;
-	}
-	if (pw->pw_uid == 0)
-		return 0; /* told to stay root */
-	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
-		snprintf(err, errsize, "cannot switch to user '%s': %s", cfg->user, strerror(errno));
+	if (setgroups(1, &id.gid) < 0 || setgid(id.gid) < 0 || setuid(id.uid) < 0) {
+		fprintf(stderr, "mxfront: cannot switch to user '%s': %s\n", cfg->user, strerror(errno));
 		return -1;
 	}
 	if (setuid(0) == 0) {
-		snprintf(err, errsize, "could regain root after switching to '%s'", cfg->user);
+		fprintf(stderr, "mxfront: could regain root after switching to '%s'\n", cfg->user);
 		return -1;
 	}
-	log_info("event=privileges user=%s uid=%d gid=%d", cfg->user, (int)pw->pw_uid, (int)gid);
+	log_info("event=privileges user=%s uid=%d gid=%d", cfg->user, (int)id.uid, (int)id.gid);
+	return 0;
+}
+
+/* `mxfront -t`: everything the start would decide, without starting.
+ * Returns the exit code: 0, MAIN_EXIT_CONFIG (the daemon would not start)
+ * or MAIN_EXIT_CERTS (it would, with certificate problems). */
+static int main_test(struct config *cfg)
+{
+	struct preflight_identity id;
+	const char *key;
+	char err[512], note[512];
+	int errors = 0;
+	if (preflight_identity(cfg, &id, &key, err, sizeof err) < 0) {
+		main_config_error(cfg, "server", key, "%s", err);
+		errors++;
+	}
+	for (size_t i = 0; i < cfg->n_listen; i++) {
+		if (preflight_listen(&cfg->listen[i], note, sizeof note, err, sizeof err) < 0) {
+			main_config_error(cfg, "server", "listen", "%s", err);
+			errors++;
+		} else if (note[0]) {
+			log_info("event=check listen=%s note=\"%s\"", cfg->listen[i].text, note);
+		}
+	}
+	struct main_reports r = { 0 };
+	struct certstore *cs;
+	struct tls_context *tc;
+	if (main_load_tls(cfg, &cs, &tc, &r) < 0)
+		errors++;
+	certstore_unref(cs);
+	tls_context_unref(tc);
+	if (errors) {
+		fprintf(stderr, "mxfront: %s: %d configuration error(s): mxfront would not start\n",
+		        cfg->path, errors);
+		return MAIN_EXIT_CONFIG;
+	}
+	if (r.problems || r.warnings) {
+		fprintf(stderr, "mxfront: %s: configuration ok; certificate problems: %d, warnings: %d "
+		        "(see above)\n", cfg->path, r.problems, r.warnings);
+		return MAIN_EXIT_CERTS;
+	}
+	printf("mxfront: %s: configuration ok\n", cfg->path);
 	return 0;
 }
 
@@ -163,38 +266,63 @@ static void main_certs_resolve(const struct certstore *cs, const char *name, con
 		snprintf(out->text, sizeof out->text, "%s:%s", mark, norm);
 }
 
-static void main_certs_row_cb(void *arg, const char *name, const char *label, const char *keytype,
-                              time_t not_after)
+static void main_certs_row_cb(void *arg, const struct certstore_row *row)
 {
 	const struct main_certs_row *m = arg;
 	char date[32], marks[1024] = "";
 	struct tm tm;
-	gmtime_r(&not_after, &tm);
+	gmtime_r(&row->not_after, &tm);
 	strftime(date, sizeof date, "%Y-%m-%d", &tm);
 	for (size_t i = 0; i < m->nmarks; i++) {
-		if (!m->marks[i].row || strcmp(m->marks[i].row, name) != 0)
+		if (!m->marks[i].row || strcmp(m->marks[i].row, row->name) != 0)
 			continue;
 		size_t n = strlen(marks);
 		snprintf(marks + n, sizeof marks - n, "%s%s", n ? "," : "", m->marks[i].text);
 	}
-	long days = (long)((not_after - m->now) / 86400);
-	printf("%-40s %-24s %-11s %s %5ld %s\n", name, label, keytype, date, days,
+	long days = (long)((row->not_after - m->now) / 86400);
+	printf("%-40s %-24s %-11s %s %5ld %s\n", row->name, row->label, row->keytype, date, days,
 	       marks[0] ? marks : "-");
 }
 
-/* `mxfront certs`: one line per (name, certificate). */
-static int main_certs(struct config *cfg)
+/* `mxfront certs --tlsa`: a DANE-EE SPKI SHA-256 record (RFC 7671, RFC 7672)
+ * per name and certificate, as zone file lines. A wildcard has no host name
+ * to own a record: it is shown as a comment, for each host it serves. */
+static void main_tlsa_row_cb(void *arg, const struct certstore_row *row)
+{
+	char hex[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", row->spki_sha256[i]);
+	if (row->name[0] == '*')
+		printf("; %s: for each host it serves: _25._tcp.HOST. IN TLSA 3 1 1 %s ; %s %s\n",
+		       row->name, hex, row->label, row->keytype);
+	else
+		printf("_25._tcp.%s. IN TLSA 3 1 1 %s ; %s %s\n", row->name, hex, row->label,
+		       row->keytype);
+}
+
+/* `mxfront certs [--tlsa]`: one line per (name, certificate). */
+static int main_certs(struct config *cfg, bool tlsa)
 {
 	struct certstore *cs;
-	int problems = 0;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), NULL, main_cert_problem_cb, &problems,
+	struct main_reports r = { 0 };
+	if (!cfg->tls_certs_dir) {
+		main_config_error(cfg, "tls", "certs_dir", "empty: no certificates (plaintext only)");
+		return MAIN_EXIT_CONFIG;
+	}
+	struct certstore_checks checks = { preflight_key_group(cfg), main_cert_warning_cb };
+	if (certstore_load(cfg->tls_certs_dir, time(NULL), &checks, NULL, main_cert_problem_cb, &r,
 	                   &cs) < 0)
-		return 1;
+		return MAIN_EXIT_CONFIG;
+	if (tlsa) {
+		certstore_foreach(cs, main_tlsa_row_cb, NULL);
+		certstore_unref(cs);
+		return r.problems || r.warnings ? MAIN_EXIT_CERTS : 0;
+	}
 	struct main_certs_mark *marks = calloc(cfg->n_listen + 1, sizeof *marks);
 	if (!marks) {
 		certstore_unref(cs);
 		fprintf(stderr, "mxfront: out of memory\n");
-		return 1;
+		return MAIN_EXIT_CONFIG;
 	}
 	size_t n = 0;
 	main_certs_resolve(cs, cfg->tls_default_cert[0] ? cfg->tls_default_cert : cfg->hostname,
@@ -212,7 +340,7 @@ static int main_certs(struct config *cfg)
 	certstore_foreach(cs, main_certs_row_cb, &m);
 	free(marks);
 	certstore_unref(cs);
-	return problems ? 1 : 0;
+	return r.problems || r.warnings ? MAIN_EXIT_CERTS : 0;
 }
 
 /* Binds, drops privileges, starts the workers and runs the main loop
@@ -236,8 +364,7 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 	if (!r) {
 		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
-	} else if (main_drop_privileges(cfg, err, sizeof err) < 0) {
-		fprintf(stderr, "mxfront: %s: %s\n", path, err);
+	} else if (main_drop_privileges(cfg) < 0) {
 		rc = 1;
 	} else if (reload_start(r, err, sizeof err) < 0) {
 		fprintf(stderr, "mxfront: %s\n", err);
@@ -259,36 +386,70 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 
 int main(int argc, char **argv)
 {
-	enum { OPT_ADDRESS_FILE = 256 };
+	enum { OPT_ADDRESS_FILE = 256, OPT_TLSA, OPT_CA, OPT_DAYS };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "test", no_argument, NULL, 't' },
 		{ "address-file", required_argument, NULL, OPT_ADDRESS_FILE },
+		{ "tlsa", no_argument, NULL, OPT_TLSA },
+		{ "ca", required_argument, NULL, OPT_CA },
+		{ "days", required_argument, NULL, OPT_DAYS },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = MXFRONT_DEFAULT_CONFIG, *address_file = NULL;
-	bool test = false;
+	bool test = false, tlsa = false;
+	struct check_options check = { NULL, 14 };
+	bool check_opts = false;
+	char *end;
 	int c;
 	while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
 		case 't': test = true; break;
 		case OPT_ADDRESS_FILE: address_file = optarg; break;
+		case OPT_TLSA: tlsa = true; break;
+		case OPT_CA: check.ca_file = optarg; check_opts = true; break;
+		case OPT_DAYS:
+			check.days = (unsigned)strtoul(optarg, &end, 10);
+			check_opts = true;
+			if (*optarg < '0' || *optarg > '9' || *end || check.days > 3650) {
+				fprintf(stderr, "mxfront: --days takes a number of days, 0 to 3650\n");
+				return MAIN_EXIT_USAGE;
+			}
+			break;
 		case 'V': printf("mxfront %s\n", MXFRONT_VERSION); return 0;
 		case 'h': main_usage(stdout); return 0;
-		default: main_usage(stderr); return 2;
+		default: main_usage(stderr); return MAIN_EXIT_USAGE;
 		}
 	}
 	/* GNU getopt has moved the options before the command word. */
 	bool certs = optind < argc && strcmp(argv[optind], "certs") == 0;
-	if (certs)
+	bool checking = optind < argc && strcmp(argv[optind], "check") == 0;
+	if (certs || checking)
 		optind++;
-	if (optind < argc) {
-		fprintf(stderr, "mxfront: unexpected argument '%s'\n", argv[optind]);
+	const char *misplaced = NULL;
+	if (tlsa && !certs)
+		misplaced = "--tlsa";
+	else if (check_opts && !checking)
+		misplaced = "--ca and --days";
+	else if (address_file && (certs || test || checking))
+		misplaced = "--address-file";
+	else if (test && (certs || checking))
+		misplaced = "-t";
+	if (checking && optind == argc) {
+		fprintf(stderr, "mxfront: check: name at least one DOMAIN:MX[,MX...][:POLICYFILE]\n");
 		main_usage(stderr);
-		return 2;
+		return MAIN_EXIT_USAGE;
+	}
+	if ((optind < argc && !checking) || misplaced) {
+		if (misplaced)
+			fprintf(stderr, "mxfront: %s does not go with this command\n", misplaced);
+		else
+			fprintf(stderr, "mxfront: unexpected argument '%s'\n", argv[optind]);
+		main_usage(stderr);
+		return MAIN_EXIT_USAGE;
 	}
 	/* libuv leaves SIGPIPE alone; a client reset mid-write must not kill us. */
 	signal(SIGPIPE, SIG_IGN);
@@ -296,34 +457,34 @@ int main(int argc, char **argv)
 	char err[512];
 	if (config_load(path, &cfg, err, sizeof err) < 0) {
 		fprintf(stderr, "mxfront: %s\n", err);
-		return 1;
-	}
-	if (certs) {
-		int rc = main_certs(cfg);
-		config_unref(cfg);
-		return rc;
-	}
-	struct tls_context *tc;
-	struct certstore *cs;
-	int problems = 0;
-	if (main_load_tls(cfg, &cs, &tc, &problems, err, sizeof err) < 0) {
-		fprintf(stderr, "mxfront: %s: %s\n", path, err);
-		certstore_unref(cs);
-		config_unref(cfg);
-		return 1;
+		return MAIN_EXIT_CONFIG;
 	}
 	int rc;
-	if (test) {
-		if (problems)
-			fprintf(stderr, "mxfront: %s: %d certificate problem(s), see above\n", path, problems);
-		else
-			printf("mxfront: %s: configuration ok\n", path);
-		rc = problems ? 1 : 0;
+	if (certs) {
+		rc = main_certs(cfg, tlsa);
+	} else if (test) {
+		rc = main_test(cfg);
+	} else if (checking) {
+		struct tls_context *tc;
+		struct certstore *cs;
+		struct main_reports r = { 0 };
+		rc = MAIN_EXIT_CONFIG;
+		if (main_load_tls(cfg, &cs, &tc, &r) == 0 && !tls_context_usable(tc))
+			fprintf(stderr, "mxfront: check: no usable certificate: STARTTLS is off\n");
+		else if (tc)
+			rc = check_run(cfg, tc, &check, argv + optind, argc - optind);
+		certstore_unref(cs);
+		tls_context_unref(tc);
 	} else {
-		rc = main_run(path, cfg, cs, tc, address_file);
+		struct tls_context *tc;
+		struct certstore *cs;
+		struct main_reports r = { 0 };
+		rc = MAIN_EXIT_CONFIG;
+		if (main_load_tls(cfg, &cs, &tc, &r) == 0)
+			rc = main_run(path, cfg, cs, tc, address_file);
+		certstore_unref(cs);
+		tls_context_unref(tc);
 	}
-	certstore_unref(cs);
-	tls_context_unref(tc);
 	config_unref(cfg);
 	return rc;
 }

@@ -16,6 +16,7 @@
 
 #include "listener.h"
 #include "log.h"
+#include "preflight.h"
 #include "worker.h"
 
 /* One bound address: the same on every worker. */
@@ -64,7 +65,7 @@ struct reload {
 	/* what the pool thread built; read on the loop thread after it finished */
 	struct config *next_cfg;
 	struct certstore *next_cs;
-	int problems;
+	int problems, warnings;
 	double load_ms;
 	char err[512];
 };
@@ -180,6 +181,13 @@ static void reload_problem_cb(void *arg, const char *path, const char *reason)
 	log_warn("event=cert_error file=%s reason=\"%s\"", path, reason);
 }
 
+static void reload_warning_cb(void *arg, const char *path, const char *reason)
+{
+	struct reload *r = arg;
+	r->warnings++;
+	log_warn("event=cert_warning file=%s reason=\"%s\"", path, reason);
+}
+
 static double reload_now_ms(void)
 {
 	struct timespec ts;
@@ -195,13 +203,20 @@ static void reload_work_cb(uv_work_t *req)
 	r->next_cfg = NULL;
 	r->next_cs = NULL;
 	r->problems = 0;
+	r->warnings = 0;
 	r->err[0] = '\0';
 	if (config_load(r->path, &r->next_cfg, r->err, sizeof r->err) < 0)
 		return;
+	if (!r->next_cfg->tls_certs_dir) {
+		r->next_cs = NULL; /* plaintext only, on purpose */
+		r->load_ms = reload_now_ms() - t0;
+		return;
+	}
 	/* Unchanged directories are reused from the live store without reading
 	 * them; a directory that fails now keeps its last good certificate. */
-	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), r->cs, reload_problem_cb, r,
-	                        &r->next_cs);
+	struct certstore_checks checks = { preflight_key_group(r->next_cfg), reload_warning_cb };
+	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), &checks, r->cs,
+	                        reload_problem_cb, r, &r->next_cs);
 	if (rc < 0) {
 		/* An unreadable certs.d/ never switches TLS off: keep the live store. */
 		log_warn("event=reload_warning reason=\"cannot read %s, keeping the loaded "
@@ -234,9 +249,11 @@ static void reload_install(struct reload *r, struct config *cfg, struct certstor
 	if (cs)
 		certstore_diff(old_cs, cs, &d);
 	log_info("event=reload result=ok generation=%u certs=%zu names=%zu added=%zu removed=%zu "
-	         "changed=%zu kept_last_good=%zu reused=%zu problems=%d listeners=%zu load_ms=%.1f",
+	         "changed=%zu kept_last_good=%zu reused=%zu problems=%d warnings=%d listeners=%zu "
+	         "load_ms=%.1f",
 	         r->generation, cs ? certstore_ncerts(cs) : 0, cs ? certstore_nnames(cs) : 0, d.added,
-	         d.removed, d.changed, d.kept_last_good, d.reused, r->problems, r->nbound, r->load_ms);
+	         d.removed, d.changed, d.kept_last_good, d.reused, r->problems, r->warnings, r->nbound,
+	         r->load_ms);
 	certstore_unref(old_cs);
 	reload_write_addresses(r);
 }
@@ -257,7 +274,7 @@ static void reload_after_cb(uv_work_t *req, int status)
 		snprintf(err, sizeof err, "%s", r->err);
 	else if (r->cs && certstore_ncerts(r->cs) > 0 && (!cs || certstore_ncerts(cs) == 0))
 		snprintf(err, sizeof err, "no usable certificate left in %s; TLS stays on with the "
-		         "loaded ones", cfg->tls_certs_dir);
+		         "loaded ones", cfg->tls_certs_dir ? cfg->tls_certs_dir : "(certs_dir empty)");
 	else if (cs && tls_context_new(cfg, cs, &tc, err, sizeof err) < 0)
 		tc = NULL;
 	else if (reload_bind(r, cfg, &b, err, sizeof err) < 0)

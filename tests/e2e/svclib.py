@@ -38,17 +38,25 @@ class Cert:
         return f"cert serial={self.serial:#x} names={','.join(self.names)}"
 
 
-def make_cert(scratch, names, serial, days=30):
-    """A self-signed ECDSA P-256 certificate for names (first one as CN), with
-    a serial number of our choice so that tests can tell certificates apart.
-    scratch is a directory for openssl's output files."""
+def make_cert(scratch, names, serial, days=30, rsa=False, reuse_key=None):
+    """A self-signed ECDSA P-256 (or RSA-2048) certificate for names (first
+    one as CN), with a serial number of our choice so that tests can tell
+    certificates apart; REUSE_KEY (PEM bytes) keeps a key instead of making
+    one. scratch is a directory for openssl's output files."""
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     key, crt = scratch / f".{serial:x}.key", scratch / f".{serial:x}.crt"
     san = ",".join(f"DNS:{n}" for n in names)
+    if reuse_key is not None:
+        key.write_bytes(reuse_key)
+        keyargs = ["-key", str(key)]
+    elif rsa:
+        keyargs = ["-newkey", "rsa:2048", "-keyout", str(key)]
+    else:
+        keyargs = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-keyout", str(key)]
     p = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", str(days),
+        ["openssl", "req", "-x509", *keyargs,
+         "-nodes", "-out", str(crt), "-days", str(days),
          "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}",
          "-set_serial", str(serial)],
         capture_output=True, text=True, timeout=20)

@@ -205,10 +205,14 @@ def test_systemd_unit_has_the_promised_settings():
         assert key in svc and len(svc[key]) == 1, f"{key}: {svc.get(key)}"
         return svc[key][0]
     assert one("Type") == "simple"
-    # -t fails on any bad certificate: it must not gate the start.
     assert "ExecStartPre" not in svc
     assert one("ExecStart") == "/usr/sbin/mxfront -c /etc/mxfront/mxfront.conf"
-    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    # the reload is gated by -t on configuration errors (1) only, not on
+    # certificate problems (3), then it is a SIGHUP
+    check, hup = svc["ExecReload"]
+    assert hup == "/bin/kill -HUP $MAINPID", svc["ExecReload"]
+    assert check == ("/bin/sh -c '/usr/sbin/mxfront -t -c /etc/mxfront/mxfront.conf; "
+                     "[ $$? -ne 1 ]'"), check
     assert one("KillSignal") == "SIGTERM"
     assert one("User") == "mxfront" and one("Group") == "mxfront"
     assert one("AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
@@ -227,6 +231,30 @@ def test_systemd_unit_has_the_promised_settings():
     assert grace, "conf/mxfront.conf: shutdown_timeout default not found"
     assert seconds(one("TimeoutStopSec")) > int(grace.group(1))
     assert "multi-user.target" in u["Install"]["WantedBy"]
+
+
+@pytest.mark.parametrize("case,ok", [("config-typo", False), ("broken-certificate", True),
+                                     ("clean", True)])
+def test_systemd_reload_check_gates_on_configuration_errors_only(tmp_path, case, ok):
+    """The unit's first ExecReload, run as systemd would (after its $$
+    unescaping), on a configuration with a typo / a broken certificate."""
+    check = unit_settings(UNIT)["Service"]["ExecReload"][0]
+    certs = tmp_path / "certs.d"
+    install_cert(certs, "default", make_cert(tmp_path / "scratch", [DEFAULT_NAME], 0x401))
+    if case == "broken-certificate":
+        install_cert(certs, "broken", make_cert(tmp_path / "scratch", ["mx.x.example"], 0x402),
+                     fullchain=b"garbage\n")
+    sections = mxfront_config("127.0.0.1:24", {"tls": {"certs_dir": str(certs)}})
+    if case == "config-typo":
+        sections["backend"]["adress"] = "1"
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, sections)
+    argv = check.replace("/usr/sbin/mxfront", lib.MXFRONT_BIN) \
+                .replace("/etc/mxfront/mxfront.conf", str(conf)).replace("$$", "$")
+    assert argv.startswith("/bin/sh -c '") and argv.endswith("'"), check
+    p = subprocess.run(["/bin/sh", "-c", argv[len("/bin/sh -c '"):-1]], capture_output=True,
+                       text=True, timeout=30)
+    assert (p.returncode == 0) == ok, (p.returncode, p.stderr)
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
@@ -276,14 +304,15 @@ class Deploy:
         install_cert(self.certs, "default", self.default)
         self.a1 = self.make(["mx.a.example"])
         install_cert(self.certs, "mx.a.example", self.a1)
-        self.mx = mxfront(backend, tls={"certs_dir": str(self.certs)})
+        # group: the one group that may read the keys (the hook gives them to it)
+        self.mx = mxfront(backend, server={"group": NOGROUP}, tls={"certs_dir": str(self.certs)})
         self.pidfile = tmp_path / "mxfront.pid"
         self.pidfile.write_text(f"{self.mx.pid}\n")
         self.gid = NOBODY_ID
 
-    def make(self, names):
+    def make(self, names, **kw):
         self.serial += 1
-        c = make_cert(self.scratch, names, self.serial)
+        c = make_cert(self.scratch, names, self.serial, **kw)
         self.known.append(c)
         return c
 
@@ -323,7 +352,7 @@ class Deploy:
             return {}, [name, str(crt), str(key)]
         raise ValueError(kind)
 
-    def run_hook(self, env, args, shell="sh", reload="pidfile"):
+    def run_hook(self, env, args, shell="sh", reload="pidfile", hook=HOOK):
         e = {k: v for k, v in os.environ.items()
              if not k.startswith(("RENEWED_", "LEGO_", "CERT_", "MXFRONT_")) and k != "Le_Domain"}
         e.update(env)
@@ -333,7 +362,8 @@ class Deploy:
             e["MXFRONT_PIDFILE"] = str(self.pidfile)
         else:
             e["MXFRONT_RELOAD_CMD"] = f"kill -HUP {self.mx.pid}"
-        return subprocess.run([shell, str(HOOK), *args], env=e, capture_output=True, text=True,
+        e.setdefault("MXFRONT_ALLOW", str(self.tmp / "deploy-hook.allow"))
+        return subprocess.run([shell, str(hook), *args], env=e, capture_output=True, text=True,
                               timeout=30, cwd=self.tmp)
 
     def deploy_ok(self, env, args, **kw):
@@ -574,3 +604,84 @@ def test_deploy_hook_with_an_already_broken_config_installs_but_does_not_reload(
     deploy.mx.conf.write_text(good)
     hup_ok(deploy.mx)
     deploy.served("mx.b.example", b1)
+
+
+def served_with(port, sni, sigalgs):
+    """The DER an openssl client that accepts only SIGALGS gets for SNI."""
+    import tlsclients
+    return tlsclients.openssl(port, sni=sni, extra=["-sigalgs", sigalgs]).der
+
+
+RSA_SIGALGS = "rsa_pss_rsae_sha256:RSA+SHA256"
+ECDSA_SIGALGS = "ECDSA+SHA256"
+
+
+@as_root
+@pytest.mark.parametrize("kind", ["lego4", "acme.sh-env"])
+def test_deploy_hook_keeps_an_rsa_and_an_ecdsa_certificate_of_one_domain(deploy, kind):
+    """acme.sh and lego name both certificates of a domain after the domain:
+    the second must not replace the first, on issue or on any renewal."""
+    ec1 = deploy.make(["mx.c.example"])
+    deploy.deploy_ok(*deploy.lineage(kind, ec1, "mx.c.example"))
+    rsa1 = deploy.make(["mx.c.example"], rsa=True)
+    p = deploy.deploy_ok(*deploy.lineage(kind, rsa1, "mx.c.example"))
+    assert "mx.c.example.rsa" in p.stderr, p.stderr
+    deploy.assert_installed("mx.c.example", ec1)
+    deploy.assert_installed("mx.c.example.rsa", rsa1)
+    for round_ in range(2):
+        ec2 = deploy.make(["mx.c.example"])
+        deploy.deploy_ok(*deploy.lineage(kind, ec2, "mx.c.example"))
+        rsa2 = deploy.make(["mx.c.example"], rsa=True)
+        deploy.deploy_ok(*deploy.lineage(kind, rsa2, "mx.c.example"))
+        deploy.assert_installed("mx.c.example", ec2)
+        deploy.assert_installed("mx.c.example.rsa", rsa2)
+        assert served_with(deploy.mx.port, "mx.c.example", ECDSA_SIGALGS) == ec2.der
+        assert served_with(deploy.mx.port, "mx.c.example", RSA_SIGALGS) == rsa2.der
+    assert deploy.leftovers() == [], deploy.leftovers()
+
+
+@as_root
+def test_deploy_hook_as_a_global_certbot_hook_needs_an_allow_list(deploy):
+    """Linked into renewal-hooks/deploy/, the hook sees every certificate of
+    the host: without an allow-list it installs none; with one, only those
+    it names (by lineage or domain), and skips the others quietly."""
+    hooks = deploy.tmp / "letsencrypt" / "renewal-hooks" / "deploy"
+    hooks.mkdir(parents=True)
+    (hooks / "mxfront").symlink_to(HOOK)
+    web = deploy.make(["www.example"])
+    env, args = deploy.lineage("certbot", web, "www.example")
+    p = deploy.run_hook(env, args, hook=hooks / "mxfront")
+    assert p.returncode == 1 and "allow-list" in p.stderr, (p.returncode, p.stderr)
+    assert not (deploy.certs / "www.example").exists()
+
+    (deploy.tmp / "deploy-hook.allow").write_text("# for mxfront\nmx.b.example\n\n")
+    p = deploy.run_hook(env, args, hook=hooks / "mxfront")
+    assert p.returncode == 0 and "skipping www.example" in p.stderr, (p.returncode, p.stderr)
+    assert not (deploy.certs / "www.example").exists()
+    b1 = deploy.make(["mx.b.example"])
+    env, args = deploy.lineage("certbot", b1, "mx.b.example")
+    deploy.deploy_ok(env, args, hook=hooks / "mxfront")
+    deploy.assert_installed("mx.b.example", b1)
+    # an allow-list also binds the hook given to one certificate alone
+    env, args = deploy.lineage("lego5", web, "www.example")
+    p = deploy.run_hook(env, args)
+    assert p.returncode == 0 and "skipping" in p.stderr, p.stderr
+    assert not (deploy.certs / "www.example").exists()
+
+
+@as_root
+def test_deploy_hook_warns_loudly_when_a_renewal_changes_the_key(deploy):
+    """DANE: a name whose key changes needs its new TLSA 3 1 1 record first.
+    A renewal with the same key says nothing; one with a new key says so,
+    with the new record and how to keep the key next time."""
+    same = deploy.make(["mx.a.example"], reuse_key=deploy.a1.privkey)
+    p = deploy.deploy_ok(*deploy.lineage("certbot", same, "mx.a.example"))
+    assert "DANE" not in p.stderr, p.stderr
+    fresh = deploy.make(["mx.a.example"])
+    p = deploy.deploy_ok(*deploy.lineage("certbot", fresh, "mx.a.example"))
+    assert "DANE" in p.stderr and "NEW KEY" in p.stderr, p.stderr
+    assert "--reuse-key" in p.stderr and "lego" in p.stderr, p.stderr
+    tlsa = lib.run_mxfront("certs", "--tlsa", "-c", str(deploy.mx.conf)).stdout
+    rec = [ln.split(" ;")[0] for ln in tlsa.splitlines() if ln.startswith("_25._tcp.mx.a.example.")]
+    assert len(rec) == 1 and rec[0] in p.stderr, (rec, p.stderr)
+    deploy.served("mx.a.example", fresh)

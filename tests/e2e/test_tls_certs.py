@@ -73,7 +73,8 @@ def test_check_mode_fails_naming_every_broken_file(pki, tmp_path, broken_setup):
     conf = tmp_path / "mxfront.conf"
     write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(broken_setup)}}))
     p = run_mxfront("-t", "-c", str(conf))
-    assert p.returncode == 1, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    # 3: only certificates have problems; the daemon runs, skipping them
+    assert p.returncode == 3, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
     check_reports(p.stdout + p.stderr, broken_setup)
 
 
@@ -171,3 +172,119 @@ def test_certs_marks_a_default_served_by_a_wildcard(pki, tmp_path):
     assert marks["*.b.example"] == ("default:x.b.example,"
                                     "listener-default(127.0.0.2:0):mx.b.example"), p.stdout
     assert "default" not in marks.get("mx.test.example", "-"), p.stdout
+
+
+# --------------------------------------------------------------------------
+# warnings about certificates that are served: readable keys, public-suffix
+# wildcards (event=cert_warning; -t and certs exit 3)
+
+CERT_WARNING_RX = re.compile(r'event=cert_warning file=(\S+) reason="([^"]*)"')
+
+
+def warning_setup(tmp_path, certs, group=None):
+    """certs.d/ with a default certificate plus CERTS {label: (names, key
+    mode, key gid)}; returns the configuration (user root as the tests run,
+    [server] group GROUP when given)."""
+    import os
+    from svclib import install_cert, make_cert
+    d = tmp_path / "certs.d"
+    install_cert(d, "default", make_cert(tmp_path / "scratch", ["mx.test.example"], 0x501))
+    made = {}
+    for i, (label, (names, mode, gid)) in enumerate(certs.items()):
+        made[label] = make_cert(tmp_path / "scratch", names, 0x510 + i)
+        install_cert(d, label, made[label])
+        os.chmod(d / label / "privkey.pem", mode)
+        if gid is not None:
+            os.chown(d / label / "privkey.pem", -1, gid)
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {
+        "server": {"group": group} if group else {}, "tls": {"certs_dir": str(d)}}))
+    return conf, d, made
+
+
+def warnings_of(text):
+    return {f.rsplit("/", 2)[-2]: r for f, r in CERT_WARNING_RX.findall(text)}
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (chown)")
+def test_private_key_readable_beyond_mxfronts_group_is_a_warning(tmp_path, mxfront,
+                                                                  fake_backend):
+    nogroup = __import__("grp").getgrnam("nogroup").gr_gid
+    conf, d, made = warning_setup(tmp_path, {
+        "world": (["mx.w.example"], 0o644, None),
+        "other-group": (["mx.o.example"], 0o640, 0),
+        "own-group": (["mx.g.example"], 0o640, nogroup),
+        "private": (["mx.p.example"], 0o600, 0),
+    }, group="nogroup")
+    for args in (["-t"], ["certs"]):
+        p = run_mxfront(*args, "-c", str(conf))
+        assert p.returncode == 3, (args, p.returncode, p.stderr)
+        w = warnings_of(p.stderr)
+        assert set(w) == {"world", "other-group"}, p.stderr
+        assert "everyone" in w["world"] and "0644" in w["world"], w
+        assert "group root" in w["other-group"] and f"gid {nogroup}" in w["other-group"], w
+        assert "cert_error" not in p.stderr, p.stderr
+    # the daemon says the same and still serves them
+    m = mxfront(fake_backend(), server={"group": "nogroup"}, tls={"certs_dir": str(d)})
+    m.wait_log(r"event=certs_loaded .* problems=0 warnings=2")
+    assert set(warnings_of(m.log())) == {"world", "other-group"}, m.log()
+    served = tlsclients.openssl(m.port, sni="mx.w.example")
+    assert served.der == made["world"].der, served
+
+
+@pytest.mark.parametrize("names,warns", [
+    (["*.com"], True), (["mx.a.example", "*.co.uk"], True), (["*.github.io"], True),
+    (["*.mx.hoster.example"], False), (["*.example"], False), (["*.a.com"], False),
+], ids=["star-com", "star-co-uk", "star-github-io", "hoster-wildcard", "private-tld",
+        "under-a-domain"])
+def test_wildcard_for_a_public_suffix_is_a_warning(tmp_path, names, warns):
+    conf, _, _ = warning_setup(tmp_path, {"wild": (names, 0o600, None)})
+    p = run_mxfront("-t", "-c", str(conf))
+    w = warnings_of(p.stderr)
+    if warns:
+        assert p.returncode == 3, (p.returncode, p.stderr)
+        wild = [n for n in names if n.startswith("*.")][0]
+        assert set(w) == {"wild"} and wild in w["wild"] and "public suffix" in w["wild"], p.stderr
+    else:
+        assert p.returncode == 0 and not w, (p.returncode, p.stderr)
+    # served either way
+    p = run_mxfront("certs", "-c", str(conf))
+    assert any(ln.split()[0] == names[-1] for ln in p.stdout.splitlines()[1:]), p.stdout
+
+
+def spki_sha256(pem):
+    """SHA-256 of the certificate's SubjectPublicKeyInfo, by openssl."""
+    import hashlib
+    import subprocess
+    pub = subprocess.run(["openssl", "x509", "-noout", "-pubkey"], input=pem,
+                         capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                         capture_output=True, check=True).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_certs_tlsa_prints_a_dane_ee_record_per_name_and_certificate(pki, tmp_path):
+    certs_dir = pki.install(tmp_path / "certs.d")
+    conf = tmp_path / "mxfront.conf"
+    write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(certs_dir)}}))
+    p = run_mxfront("certs", "--tlsa", "-c", str(conf))
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    records = {}
+    for ln in p.stdout.splitlines():
+        m = re.fullmatch(r"_25\._tcp\.(\S+)\. IN TLSA 3 1 1 ([0-9a-f]{64}) ; (\S+) (\S+)", ln)
+        if m:
+            records[(m.group(1), m.group(3))] = m.group(2)
+        else:
+            assert re.fullmatch(r"; \*\.\S+: for each host it serves: _25\._tcp\.HOST\. IN TLSA "
+                                r"3 1 1 [0-9a-f]{64} ; \S+ \S+", ln), ln
+    want = {}
+    for label, leaf in pki.leaves.items():
+        for name in leaf.names or (leaf.cn,):
+            if not name.startswith("*."):
+                want[(name, label)] = spki_sha256(leaf.fullchain)
+    assert records == want, p.stdout
+
+
+def test_tlsa_option_belongs_to_certs(tmp_path):
+    p = run_mxfront("--tlsa", "-c", str(tmp_path / "x.conf"))
+    assert p.returncode == 2 and "--tlsa" in p.stderr, (p.returncode, p.stderr)

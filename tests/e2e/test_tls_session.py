@@ -61,12 +61,15 @@ def test_starttls_with_a_parameter_is_a_syntax_error(mxfront, fake_backend, cert
         assert r.code == 220, r
 
 
-@pytest.mark.parametrize("setup", ["no-certs-dir", "only-broken-entries"])
+@pytest.mark.parametrize("setup", ["certs-dir-empty-on-purpose", "empty-certs-dir",
+                                   "only-broken-entries"])
 def test_no_usable_certificate_means_no_starttls(mxfront, fake_backend, pki, tmp_path, setup):
     certs = tmp_path / "certs.d"
+    certs.mkdir()
     if setup == "only-broken-entries":
         pki.install(certs, [], broken=["bad-mismatch", "bad-expired"])
-    m = mxfront(fake_backend(), tls={"certs_dir": str(certs)})
+    m = mxfront(fake_backend(),
+                tls={"certs_dir": "" if setup == "certs-dir-empty-on-purpose" else str(certs)})
     c, hello = open_session(m)
     with c:
         assert "STARTTLS" not in hello.keywords, hello

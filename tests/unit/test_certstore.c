@@ -471,17 +471,16 @@ struct listing {
 	size_t len;
 };
 
-static void listing_add(void *arg, const char *name, const char *label, const char *keytype,
-                        time_t not_after)
+static void listing_add(void *arg, const struct certstore_row *row)
 {
 	struct listing *l = arg;
 	char date[16];
 	struct tm tm;
 
-	gmtime_r(&not_after, &tm);
+	gmtime_r(&row->not_after, &tm);
 	strftime(date, sizeof date, "%Y-%m-%d", &tm);
-	l->len += (size_t)snprintf(l->text + l->len, sizeof l->text - l->len, "%s %s %s %s\n", name,
-	                           label, keytype, date);
+	l->len += (size_t)snprintf(l->text + l->len, sizeof l->text - l->len, "%s %s %s %s\n",
+	                           row->name, row->label, row->keytype, date);
 }
 
 static void test_foreach(const struct certstore *cs)
@@ -517,7 +516,7 @@ static void test_load(void)
 	struct certstore *cs = NULL;
 
 	check_case("load certs");
-	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, NULL, reports_add, &r, &cs), 0);
 	if (!CHECK(cs != NULL, "a certstore"))
 		return;
 	qsort(r.lines, r.n < N_ELEMS(r.lines) ? r.n : N_ELEMS(r.lines), sizeof r.lines[0], cmp_line);
@@ -542,20 +541,20 @@ static void test_load_edges(void)
 	struct certstore *cs = (struct certstore *)&r;
 
 	check_case("missing directory");
-	CHECK_INT_EQ(certstore_load("no-such-dir", test_now(), NULL, reports_add, &r, &cs), -1);
+	CHECK_INT_EQ(certstore_load("no-such-dir", test_now(), NULL, NULL, reports_add, &r, &cs), -1);
 	CHECK(cs == NULL, "no certstore");
 	CHECK_INT_EQ(r.n, 1);
 	CHECK_STR_EQ(r.lines[0], "no-such-dir: cannot read: No such file or directory");
 
 	check_case("a file instead of a directory");
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("certs/README", test_now(), NULL, reports_add, &r, &cs), -1);
+	CHECK_INT_EQ(certstore_load("certs/README", test_now(), NULL, NULL, reports_add, &r, &cs), -1);
 	CHECK_INT_EQ(r.n, 1);
 	CHECK_STR_EQ(r.lines[0], "certs/README: cannot read: Not a directory");
 
 	check_case("empty directory");
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("empty", test_now(), NULL, reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("empty", test_now(), NULL, NULL, reports_add, &r, &cs), 0);
 	CHECK_INT_EQ(r.n, 0);
 	if (CHECK(cs != NULL, "a certstore")) {
 		CHECK_INT_EQ(certstore_ncerts(cs), 0);
@@ -565,13 +564,13 @@ static void test_load_edges(void)
 	}
 
 	check_case("no report callback");
-	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, NULL, NULL, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", test_now(), NULL, NULL, NULL, NULL, &cs), 0);
 	certstore_unref(cs);
 
 	check_case("expiry judged against NOW");
 	struct tm tm = { .tm_year = 2032 - 1900, .tm_mon = 5, .tm_mday = 1 };
 	r.n = 0;
-	CHECK_INT_EQ(certstore_load("certs", timegm(&tm), NULL, reports_add, &r, &cs), 0);
+	CHECK_INT_EQ(certstore_load("certs", timegm(&tm), NULL, NULL, reports_add, &r, &cs), 0);
 	if (CHECK(cs != NULL, "a certstore")) {
 		CHECK(certstore_lookup(cs, "ec-only.example", NULL) == NULL, "expired in 2031");
 		const struct certstore_entry *e = certstore_lookup(cs, "both.example", NULL);
@@ -768,7 +767,7 @@ static bool reload_base(struct certstore **cs)
 	*cs = NULL;
 	if (!CHECK(sh("rm -rf work && cp -a reload work"), "copy reload/"))
 		return false;
-	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, reports_add, &r, cs), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, NULL, reports_add, &r, cs), 0);
 	CHECK_INT_EQ(r.n, 0);
 	return *cs != NULL;
 }
@@ -792,7 +791,7 @@ static void test_reload_case(const struct reload_case *c, bool prev_first)
 		before[i] = e ? e->cred : NULL;
 	}
 	if (!CHECK(sh(c->change), "%s", c->change) ||
-	    !CHECK_INT_EQ(certstore_load("work", c->year ? test_date(c->year) : test_now(), a,
+	    !CHECK_INT_EQ(certstore_load("work", c->year ? test_date(c->year) : test_now(), NULL, a,
 	                                 reports_add, &r, &b), 0)) {
 		certstore_unref(a);
 		return;
@@ -850,11 +849,11 @@ static void test_reload_chain(void)
 	if (!reload_base(&g[0]))
 		return;
 	CHECK(sh("cp -p spare/dual-rsa-v2/*.pem work/dual-rsa/"), "renew dual-rsa");
-	CHECK_INT_EQ(certstore_load("work", test_now(), g[0], NULL, NULL, &g[1]), 0);
-	CHECK_INT_EQ(certstore_load("work", test_now(), g[1], NULL, NULL, &g[2]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, g[0], NULL, NULL, &g[1]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, g[1], NULL, NULL, &g[2]), 0);
 	CHECK(sh("rm -r work/dual-ec"), "remove dual-ec");
-	CHECK_INT_EQ(certstore_load("work", test_now(), g[2], NULL, NULL, &g[3]), 0);
-	CHECK_INT_EQ(certstore_load("work", test_now(), g[3], NULL, NULL, &g[4]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, g[2], NULL, NULL, &g[3]), 0);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, g[3], NULL, NULL, &g[4]), 0);
 	for (size_t i = 0; i < 5; i++)
 		if (!CHECK(g[i] != NULL && (e[i] = certstore_lookup(g[i], "dual.example", NULL)) != NULL,
 		           "generation %zu serves dual.example", i))
@@ -897,8 +896,8 @@ static void test_reload_threads(void)
 		return;
 	CHECK(sh("cp -p spare/dual-rsa-v2/*.pem work/dual-rsa/"), "renew dual-rsa");
 	for (int i = 0; i < 8; i++) {
-		if (certstore_load("work", test_now(), base, NULL, NULL, &a) != 0 ||
-		    certstore_load("work", test_now(), a, NULL, NULL, &b) != 0) {
+		if (certstore_load("work", test_now(), NULL, base, NULL, NULL, &a) != 0 ||
+		    certstore_load("work", test_now(), NULL, a, NULL, NULL, &b) != 0) {
 			CHECK(false, "loads");
 			certstore_unref(a);
 			break;
@@ -927,7 +926,7 @@ static void test_reload_edges(void)
 	check_diff(&d, &(struct certstore_diff){ .added = 8, .loaded = 8 });
 	check_case("another directory: nothing shared, nothing kept");
 	CHECK(sh("cp -a work work2 && rm work2/one/privkey.pem"), "copy");
-	CHECK_INT_EQ(certstore_load("work2", test_now(), a, reports_add, &r, &b), 0);
+	CHECK_INT_EQ(certstore_load("work2", test_now(), NULL, a, reports_add, &r, &b), 0);
 	CHECK_INT_EQ(r.n, 1);
 	CHECK_STR_EQ(r.lines[0], "work2/one/privkey.pem: cannot read: No such file or directory");
 	if (b != NULL) {
@@ -938,7 +937,7 @@ static void test_reload_edges(void)
 	check_case("directory gone on reload: -1, nothing built");
 	r.n = 0;
 	CHECK(sh("mv work work.old"), "move");
-	CHECK_INT_EQ(certstore_load("work", test_now(), a, reports_add, &r, &b), -1);
+	CHECK_INT_EQ(certstore_load("work", test_now(), NULL, a, reports_add, &r, &b), -1);
 	CHECK(b == NULL, "no certstore");
 	CHECK_INT_EQ(r.n, 1);
 	CHECK(certstore_lookup(a, "one.example", NULL) != NULL, "the old one still serves");

@@ -290,7 +290,6 @@ static const struct load_err_case load_err_cases[] = {
 	{ "handshake timeout 11m", "[timeouts]\nhandshake = 11m\n",
 	  "FILE:2: handshake: must be between 1s and 600s" },
 	{ "tls priority", "[tls]\npriority = NORMAL:+NO-SUCH-THING\n", "FILE:2: priority: *" },
-	{ "tls certs_dir empty", "[tls]\ncerts_dir =\n", "FILE:2: certs_dir: needs a path" },
 	{ "tls require maybe", "[tls]\nrequire = maybe\n", "FILE:2: require: 'maybe' is not yes or no" },
 	/* values of the wrong kind */
 	{ "max_recipients 10k", "[server]\nmax_recipients = 10k\n",
@@ -670,6 +669,25 @@ static void test_load_addresses(void)
 		CHECK_STR_EQ(cfg->tls_certs_dir, want);
 		CHECK_STR_EQ(cfg->tls_default_cert, "mx.example.net");
 		CHECK_STR_EQ(cfg->tls_priority, "NORMAL");
+	}
+	config_unref(cfg);
+	tmpconf_remove(&tc);
+
+	check_case("tls certs_dir empty: none, plaintext only on purpose");
+	cfg = load_text(&tc, "[tls]\ncerts_dir =\n", err, sizeof err);
+	if (CHECK(cfg != NULL, "%s", err))
+		CHECK(cfg->tls_certs_dir == NULL, "certs_dir is \"%s\"", cfg->tls_certs_dir);
+	config_unref(cfg);
+	tmpconf_remove(&tc);
+
+	check_case("config_key_line: the line that set a key, 0 for a default");
+	cfg = load_text(&tc, "# comment\n\n[server]\nuser = nobody\n; more\n[tls]\n\ncerts_dir = x\n",
+	                err, sizeof err);
+	if (CHECK(cfg != NULL, "%s", err)) {
+		CHECK_INT_EQ(config_key_line(cfg, "server", "user"), 4);
+		CHECK_INT_EQ(config_key_line(cfg, "tls", "certs_dir"), 8);
+		CHECK_INT_EQ(config_key_line(cfg, "server", "group"), 0);
+		CHECK_INT_EQ(config_key_line(cfg, "tls", "user"), 0);
 	}
 	config_unref(cfg);
 	tmpconf_remove(&tc);
