@@ -639,6 +639,25 @@ const struct certstore_entry *certstore_lookup(const struct certstore *cs, const
 	return n != NULL ? &n->pub : NULL;
 }
 
+const struct certstore_entry *certstore_resolve(const struct certstore *cs, const char *name,
+                                                size_t len, char *norm, size_t normsize,
+                                                enum certstore_match *how)
+{
+	char own[256];
+	if (norm == NULL) {
+		norm = own;
+		normsize = sizeof own;
+	}
+	if (how != NULL)
+		*how = CERTSTORE_MATCH_NONE;
+	if (certstore_normalize(name, len, norm, normsize) < 0) {
+		if (normsize)
+			norm[0] = '\0';
+		return NULL;
+	}
+	return certstore_lookup(cs, norm, how);
+}
+
 size_t certstore_ncerts(const struct certstore *cs)
 {
 	return cs->ncerts;

@@ -95,6 +95,14 @@ int certstore_normalize(const char *name, size_t len, char *out, size_t outsize)
 const struct certstore_entry *certstore_lookup(const struct certstore *cs, const char *name,
                                                enum certstore_match *how);
 
+/* The one way a name from outside (SNI, a configured default) is looked up:
+ * normalised (into NORM when not NULL: NORMSIZE bytes, "" when it is not a
+ * host name), then exact, then wildcard. NULL when nothing serves it or it
+ * is not a host name. */
+const struct certstore_entry *certstore_resolve(const struct certstore *cs, const char *name,
+                                                size_t len, char *norm, size_t normsize,
+                                                enum certstore_match *how);
+
 /* The directory of the certificate of E (looked up in CS) whose leaf is DER
  * -- the one GnuTLS sent -- or E->label when it is not found. */
 const char *certstore_served_label(const struct certstore *cs, const struct certstore_entry *e,

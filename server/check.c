@@ -103,7 +103,8 @@ static void check_served_fini(struct check_served *s)
 /* Runs one handshake between a client offering PRIORITY and SNI (NULL:
  * none) and a tls.c server over TC on a listener whose default is
  * LISTENER_DEFAULT; fills OUT with what was served. */
-static void check_handshake(struct tls_context *tc, const char *listener_default, const char *sni,
+static void check_handshake(struct tls_context *tc,
+                            const struct certstore_entry *listener_default, const char *sni,
                             const char *priority, struct check_served *out)
 {
 	static const struct tls_io io = { check_server_send };
@@ -393,9 +394,10 @@ static int check_parse_spec(char *spec, struct check_domain *d)
 	return d->nmx ? 0 : -1;
 }
 
-int check_run(const struct config *cfg, struct tls_context *tc, const struct check_options *opt,
-              char **specs, int n)
+int check_run(const struct generation *gen, const struct check_options *opt, char **specs, int n)
 {
+	const struct config *cfg = gen->cfg;
+	struct tls_context *tc = gen->tc;
 	gnutls_x509_trust_list_t tl;
 	int problems = 0, rc;
 	if (gnutls_x509_trust_list_init(&tl, 0) < 0)
@@ -438,7 +440,7 @@ int check_run(const struct config *cfg, struct tls_context *tc, const struct che
 	/* Senders without SNI (stock Postfix) get a listener's default. */
 	for (size_t l = 0; l < cfg->n_listen; l++) {
 		struct check_served s;
-		check_handshake(tc, cfg->listen[l].default_cert, NULL, check_priorities[0], &s);
+		check_handshake(tc, gen->listen_default[l], NULL, check_priorities[0], &s);
 		if (!s.ok) {
 			printf("listener %s without SNI: handshake failed: %s\n", cfg->listen[l].text,
 			       s.error);

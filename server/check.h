@@ -7,19 +7,17 @@
 #ifndef MXFRONT_CHECK_H
 #define MXFRONT_CHECK_H
 
-#include "config.h"
-#include "tls.h"
+#include "generation.h"
 
 struct check_options {
 	const char *ca_file; /* PEM bundle to verify chains against; NULL: the system's store */
 	unsigned days;       /* a certificate expiring within this many days fails */
 };
 
-/* Checks each of SPECS[0..N) ("DOMAIN:MX1,MX2[:POLICYFILE]") against the
- * running configuration CFG and its TLS context TC (borrowed). Returns 0
- * when everything passed, 1 when a spec or the CA bundle is unusable, 3
- * when a check failed. */
-int check_run(const struct config *cfg, struct tls_context *tc, const struct check_options *opt,
-              char **specs, int n);
+/* Checks each of SPECS[0..N) ("DOMAIN:MX1,MX2[:POLICYFILE]") against
+ * generation GEN (borrowed; its TLS context must exist). Returns 0 when
+ * everything passed, 1 when a spec or the CA bundle is unusable, 3 when a
+ * check failed. */
+int check_run(const struct generation *gen, const struct check_options *opt, char **specs, int n);
 
 #endif

@@ -483,6 +483,11 @@ static void config_free(struct config *cfg)
 	free(cfg);
 }
 
+const char *config_default_cert(const struct config *cfg)
+{
+	return cfg->tls_default_cert[0] ? cfg->tls_default_cert : cfg->hostname;
+}
+
 struct config *config_ref(struct config *cfg)
 {
 	atomic_fetch_add(&cfg->refs, 1);

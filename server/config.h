@@ -76,6 +76,10 @@ int config_load(const char *path, struct config **out, char *err, size_t errsize
 /* The line of CFG's file that set [SECTION] KEY, or 0 if it kept its default. */
 int config_key_line(const struct config *cfg, const char *section, const char *key);
 
+/* The name of the default certificate: [tls] default_cert, else [server]
+ * hostname. */
+const char *config_default_cert(const struct config *cfg);
+
 /* Takes another reference; returns CFG. */
 struct config *config_ref(struct config *cfg);
 

@@ -55,13 +55,13 @@ struct listener_sock {
 	bool paused; /* not watched until the resume timer fires */
 	struct listener *l;
 	struct config_addr addr; /* copied: kept sockets outlive their config */
-	const char *default_cert; /* borrowed from l->cfg */
+	size_t index; /* in l->gen->cfg->listen: its default certificate */
 };
 
 struct listener {
 	uv_loop_t *loop;
-	struct config *cfg;     /* a reference: the generation for new sessions */
-	struct tls_context *tc; /* a reference, or NULL */
+	struct generation *gen; /* a reference: what new sessions get */
+	struct config *cfg;     /* gen's */
 	struct listener_sock **socks;
 	size_t nsocks;
 	size_t open_handles; /* sockets and the timer not yet closed */
@@ -88,8 +88,7 @@ static void listener_maybe_done(struct listener *l)
 		return;
 	void (*done)(void *) = l->done;
 	void *arg = l->done_arg;
-	config_unref(l->cfg);
-	tls_context_unref(l->tc);
+	generation_unref(l->gen);
 	free(l->socks);
 	free(l);
 	if (done)
@@ -207,7 +206,8 @@ static void listener_start_session(struct listener_sock *ls, int fd)
 {
 	struct listener *l = ls->l;
 	struct session_owner owner = { listener_session_gone, l };
-	struct session *s = session_new(l->loop, l->cfg, l->tc, ls->default_cert, l->pool, &owner);
+	struct session *s = session_new(l->loop, l->gen, l->gen->listen_default[ls->index], l->pool,
+	                                &owner);
 	if (!s) {
 		close(fd);
 		log_error("event=accept_error listen=%s reason=\"out of memory\"", ls->addr.text);
@@ -329,8 +329,9 @@ bool listener_same_address(const struct config_addr *a, const struct config_addr
 	return listener_same_addr(a, b);
 }
 
-void listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, const int *fds)
+void listener_update(struct listener *l, struct generation *gen, const int *fds)
 {
+	struct config *cfg = gen->cfg;
 	struct listener_sock **next = calloc(cfg->n_listen ? cfg->n_listen : 1, sizeof *next);
 	bool *kept = calloc(l->nsocks ? l->nsocks : 1, sizeof *kept);
 	if (!next || !kept) {
@@ -353,7 +354,7 @@ void listener_update(struct listener *l, struct config *cfg, struct tls_context 
 					ls = l->socks[j], kept[j] = true;
 		}
 		if (ls) {
-			ls->default_cert = cfg->listen[i].default_cert;
+			ls->index = i;
 			next[n++] = ls;
 		}
 	}
@@ -364,12 +365,10 @@ void listener_update(struct listener *l, struct config *cfg, struct tls_context 
 	free(kept);
 	l->socks = next;
 	l->nsocks = n;
-	struct config *old_cfg = l->cfg;
-	struct tls_context *old_tc = l->tc;
-	l->cfg = config_ref(cfg);
-	l->tc = tc ? tls_context_ref(tc) : NULL;
-	config_unref(old_cfg);
-	tls_context_unref(old_tc);
+	struct generation *old = l->gen;
+	l->gen = generation_ref(gen);
+	l->cfg = gen->cfg;
+	generation_unref(old);
 }
 
 /* One socket bound to SA with SO_REUSEPORT, listening if LISTEN; -1 with ERR. */
@@ -476,12 +475,12 @@ unsigned listener_sessions(const struct listener *l)
 }
 
 struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
-                              struct backend_pool *pool, struct config *cfg,
-                              struct tls_context *tc, const int *fds)
+                              struct backend_pool *pool, struct generation *gen,
+                              const int *fds)
 {
 	struct listener *l = calloc(1, sizeof *l);
 	if (!l) {
-		for (size_t i = 0; i < cfg->n_listen; i++)
+		for (size_t i = 0; i < gen->cfg->n_listen; i++)
 			close(fds[i]);
 		return NULL;
 	}
@@ -494,8 +493,9 @@ struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
 	uv_timer_init(loop, &l->resume_timer);
 	l->resume_timer.data = l;
 	l->open_handles = 2;
-	l->cfg = config_ref(cfg);
-	listener_update(l, cfg, tc, fds);
+	l->gen = generation_ref(gen);
+	l->cfg = gen->cfg;
+	listener_update(l, gen, fds);
 	return l;
 }
 

@@ -12,7 +12,7 @@
 
 #include "backend_pool.h"
 #include "config.h"
-#include "tls.h"
+#include "generation.h"
 
 struct listener;
 struct listener_shared;
@@ -41,19 +41,19 @@ int listener_try_bind(const struct config_addr *a, int *error, char *err, size_t
 /* True when A and B name the same socket address. */
 bool listener_same_address(const struct config_addr *a, const struct config_addr *b);
 
-/* A listener on LOOP for CFG and TC (references taken; TC may be NULL: no
- * STARTTLS), taking ownership of FDS[i], the bound socket for
- * cfg->listen[i]. SHARED and POOL (the loop's backend connections, lent to
- * its sessions) must outlive it. */
+/* A listener on LOOP for generation GEN (a reference is taken), taking
+ * ownership of FDS[i], the bound socket for gen->cfg->listen[i]. SHARED and
+ * POOL (the loop's backend connections, lent to its sessions) must outlive
+ * it. */
 struct listener *listener_new(uv_loop_t *loop, struct listener_shared *shared,
-                              struct backend_pool *pool, struct config *cfg,
-                              struct tls_context *tc, const int *fds);
+                              struct backend_pool *pool, struct generation *gen,
+                              const int *fds);
 
-/* Switches new sessions to CFG and TC (references taken, the old ones
- * dropped; sessions in progress keep theirs). For each cfg->listen[i],
- * FDS[i] >= 0 is a new socket to take over; -1 keeps the open socket with
- * the same address. Sockets not named any more are closed. */
-void listener_update(struct listener *l, struct config *cfg, struct tls_context *tc, const int *fds);
+/* Switches new sessions to GEN (a reference taken, the old one dropped;
+ * sessions in progress keep theirs). For each gen->cfg->listen[i], FDS[i]
+ * >= 0 is a new socket to take over; -1 keeps the open socket with the
+ * same address. Sockets not named any more are closed. */
+void listener_update(struct listener *l, struct generation *gen, const int *fds);
 
 /* Sessions open on this loop now. */
 unsigned listener_sessions(const struct listener *l);

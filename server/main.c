@@ -20,6 +20,7 @@
 #include "fdlimit.h"
 #include "log.h"
 #include "preflight.h"
+#include "generation.h"
 #include "reload.h"
 #include "tls.h"
 
@@ -130,41 +131,43 @@ static void main_config_error(const struct config *cfg, const char *section, con
 }
 
 /* Loads certs.d/ as the daemon does (problems and warnings logged and
- * counted in *R) and builds the TLS context. An empty certs_dir means
- * plaintext only, on purpose (*CS and *TC stay NULL); a certs_dir that
- * cannot be read, or a default that no loaded certificate serves, is a
- * failure (printed). */
-static int main_load_tls(struct config *cfg, struct certstore **cs, struct tls_context **tc,
-                         struct main_reports *r)
+ * counted in *R) and builds the first generation into *GEN. An empty
+ * certs_dir means plaintext only, on purpose; a certs_dir that cannot be
+ * read, or a default that no loaded certificate serves, is a failure
+ * (printed, *GEN NULL). */
+static int main_load_generation(struct config *cfg, struct generation **gen,
+                                struct main_reports *r)
 {
 	char err[512];
-	*tc = NULL;
-	*cs = NULL;
+	struct certstore *cs = NULL; /* NULL: plaintext only, on purpose */
+	*gen = NULL;
 	if (!cfg->tls_certs_dir) {
 		log_warn("event=tls_disabled reason=\"[tls] certs_dir is empty: plaintext only\"");
-		return 0;
+	} else {
+		struct certstore_checks checks = { preflight_key_group(cfg), main_cert_warning_cb };
+		r->dir = cfg->tls_certs_dir;
+		if (certstore_load(cfg->tls_certs_dir, time(NULL), &checks, NULL, main_cert_problem_cb,
+		                   r, &cs) < 0) {
+			/* A mistyped certs_dir must not make a plaintext-only MX unnoticed. */
+			main_config_error(cfg, "tls", "certs_dir", "%s: %s (leave certs_dir empty for a "
+			                  "plaintext-only MX)", cfg->tls_certs_dir, r->last);
+			return -1;
+		}
+		if (certstore_ncerts(cs) == 0) {
+			r->problems++;
+			log_warn("event=tls_disabled reason=\"no usable certificate in %s\"",
+			         cfg->tls_certs_dir);
+		} else {
+			log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d warnings=%d",
+			         cfg->tls_certs_dir, certstore_ncerts(cs), certstore_nnames(cs),
+			         r->problems, r->warnings);
+		}
 	}
-	struct certstore_checks checks = { preflight_key_group(cfg), main_cert_warning_cb };
-	r->dir = cfg->tls_certs_dir;
-	if (certstore_load(cfg->tls_certs_dir, time(NULL), &checks, NULL, main_cert_problem_cb, r,
-	                   cs) < 0) {
-		/* A mistyped certs_dir must not make a plaintext-only MX unnoticed. */
-		main_config_error(cfg, "tls", "certs_dir", "%s: %s (leave certs_dir empty for a "
-		                  "plaintext-only MX)", cfg->tls_certs_dir, r->last);
-		*cs = NULL;
-		return -1;
-	}
-	if (tls_context_new(cfg, *cs, tc, err, sizeof err) < 0) {
+	int rc = generation_new(cfg, cs, gen, err, sizeof err);
+	certstore_unref(cs); /* the generation holds its own reference */
+	if (rc < 0) {
 		fprintf(stderr, "mxfront: %s: %s\n", cfg->path, err);
 		return -1;
-	}
-	if (certstore_ncerts(*cs) == 0) {
-		r->problems++;
-		log_warn("event=tls_disabled reason=\"no usable certificate in %s\"", cfg->tls_certs_dir);
-	} else {
-		log_info("event=certs_loaded dir=%s certs=%zu names=%zu problems=%d warnings=%d",
-		         cfg->tls_certs_dir, certstore_ncerts(*cs), certstore_nnames(*cs), r->problems,
-		         r->warnings);
 	}
 	return 0;
 }
@@ -216,12 +219,10 @@ static int main_test(struct config *cfg)
 		}
 	}
 	struct main_reports r = { 0 };
-	struct certstore *cs;
-	struct tls_context *tc;
-	if (main_load_tls(cfg, &cs, &tc, &r) < 0)
+	struct generation *gen;
+	if (main_load_generation(cfg, &gen, &r) < 0)
 		errors++;
-	certstore_unref(cs);
-	tls_context_unref(tc);
+	generation_unref(gen);
 	if (errors) {
 		fprintf(stderr, "mxfront: %s: %d configuration error(s): mxfront would not start\n",
 		        cfg->path, errors);
@@ -256,9 +257,8 @@ static void main_certs_resolve(const struct certstore *cs, const char *name, con
 {
 	enum certstore_match how;
 	char norm[256];
-	const struct certstore_entry *e = NULL;
-	if (certstore_normalize(name, strlen(name), norm, sizeof norm) >= 0)
-		e = certstore_lookup(cs, norm, &how);
+	const struct certstore_entry *e = certstore_resolve(cs, name, strlen(name), norm, sizeof norm,
+	                                                    &how);
 	out->row = e ? e->name : NULL;
 	if (e && strcmp(norm, e->name) == 0)
 		snprintf(out->text, sizeof out->text, "%s", mark);
@@ -345,11 +345,11 @@ static int main_certs(struct config *cfg, bool tlsa)
 
 /* Binds, drops privileges, starts the workers and runs the main loop
  * (signals and reloads) until a graceful stop has ended every worker. */
-static int main_run(const char *path, struct config *cfg, struct certstore *cs,
-                    struct tls_context *tc, const char *address_file)
+static int main_run(const char *path, struct generation *gen, const char *address_file)
 {
 	uv_loop_t loop;
 	char err[512];
+	struct config *cfg = gen->cfg;
 	unsigned workers = cfg->workers ? cfg->workers : uv_available_parallelism();
 	if (cfg->backend_max_connections < workers) {
 		fprintf(stderr, "mxfront: %s: [backend] max_connections: %u is fewer than the %u "
@@ -359,7 +359,7 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 	}
 	fdlimit_setup(cfg, workers, cfg->backend_max_connections);
 	uv_loop_init(&loop);
-	struct reload *r = reload_new(&loop, path, address_file, workers, cfg, cs, tc, err, sizeof err);
+	struct reload *r = reload_new(&loop, path, address_file, workers, gen, err, sizeof err);
 	int rc = 0;
 	if (!r) {
 		fprintf(stderr, "mxfront: %s\n", err);
@@ -372,7 +372,7 @@ static int main_run(const char *path, struct config *cfg, struct certstore *cs,
 	} else {
 		log_info("event=start version=%s hostname=%s backend=%s workers=%u starttls=%s",
 		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, workers,
-		         tls_context_usable(tc) ? "yes" : "no");
+		         tls_context_usable(gen->tc) ? "yes" : "no");
 		uv_run(&loop, UV_RUN_DEFAULT);
 	}
 	reload_free(r);
@@ -465,25 +465,21 @@ int main(int argc, char **argv)
 	} else if (test) {
 		rc = main_test(cfg);
 	} else if (checking) {
-		struct tls_context *tc;
-		struct certstore *cs;
+		struct generation *gen;
 		struct main_reports r = { 0 };
 		rc = MAIN_EXIT_CONFIG;
-		if (main_load_tls(cfg, &cs, &tc, &r) == 0 && !tls_context_usable(tc))
+		if (main_load_generation(cfg, &gen, &r) == 0 && !tls_context_usable(gen->tc))
 			fprintf(stderr, "mxfront: check: no usable certificate: STARTTLS is off\n");
-		else if (tc)
-			rc = check_run(cfg, tc, &check, argv + optind, argc - optind);
-		certstore_unref(cs);
-		tls_context_unref(tc);
+		else if (gen)
+			rc = check_run(gen, &check, argv + optind, argc - optind);
+		generation_unref(gen);
 	} else {
-		struct tls_context *tc;
-		struct certstore *cs;
+		struct generation *gen;
 		struct main_reports r = { 0 };
 		rc = MAIN_EXIT_CONFIG;
-		if (main_load_tls(cfg, &cs, &tc, &r) == 0)
-			rc = main_run(path, cfg, cs, tc, address_file);
-		certstore_unref(cs);
-		tls_context_unref(tc);
+		if (main_load_generation(cfg, &gen, &r) == 0)
+			rc = main_run(path, gen, address_file);
+		generation_unref(gen);
 	}
 	config_unref(cfg);
 	return rc;

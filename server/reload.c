@@ -51,10 +51,7 @@ struct reload {
 	struct reload_bound *bound;  /* what is listening now */
 	size_t nbound;
 
-	/* the live generation: references */
-	struct config *cfg;
-	struct certstore *cs;
-	struct tls_context *tc;
+	struct generation *live; /* a reference: what the workers were given last */
 	unsigned generation;
 
 	bool loading;       /* a pool thread is building the next generation */
@@ -153,7 +150,7 @@ static void reload_hand_over(struct reload *r, struct reload_binding *b)
 	int *fds = malloc((b->n ? b->n : 1) * sizeof *fds);
 	for (unsigned w = 0; fds && w < r->nworkers; w++) {
 		reload_worker_fds(b, r->nworkers, w, fds);
-		worker_update(r->workers[w], r->cfg, r->tc, fds);
+		worker_update(r->workers[w], r->live, fds);
 	}
 	free(fds);
 	for (size_t j = 0; j < r->nbound; j++) {
@@ -215,13 +212,13 @@ static void reload_work_cb(uv_work_t *req)
 	/* Unchanged directories are reused from the live store without reading
 	 * them; a directory that fails now keeps its last good certificate. */
 	struct certstore_checks checks = { preflight_key_group(r->next_cfg), reload_warning_cb };
-	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), &checks, r->cs,
+	int rc = certstore_load(r->next_cfg->tls_certs_dir, time(NULL), &checks, r->live->cs,
 	                        reload_problem_cb, r, &r->next_cs);
 	if (rc < 0) {
 		/* An unreadable certs.d/ never switches TLS off: keep the live store. */
 		log_warn("event=reload_warning reason=\"cannot read %s, keeping the loaded "
 		         "certificates\"", r->next_cfg->tls_certs_dir);
-		r->next_cs = r->cs ? certstore_ref(r->cs) : NULL;
+		r->next_cs = r->live->cs ? certstore_ref(r->live->cs) : NULL;
 	}
 	r->load_ms = reload_now_ms() - t0;
 }
@@ -229,32 +226,29 @@ static void reload_work_cb(uv_work_t *req)
 static void reload_start_work(struct reload *r);
 static void reload_close(struct reload *r);
 
-/* Makes CFG/CS/TC (references handed over) the live generation. */
-static void reload_install(struct reload *r, struct config *cfg, struct certstore *cs,
-                           struct tls_context *tc, struct reload_binding *b)
+/* Makes GEN (the reference handed over) the live generation: one pointer. */
+static void reload_install(struct reload *r, struct generation *gen, struct reload_binding *b)
 {
-	if (strcmp(cfg->user, r->cfg->user) != 0 || strcmp(cfg->group, r->cfg->group) != 0)
+	const struct config *cfg = gen->cfg, *old = r->live->cfg;
+	struct certstore *cs = gen->cs;
+	if (strcmp(cfg->user, old->user) != 0 || strcmp(cfg->group, old->group) != 0)
 		log_warn("event=reload_warning reason=\"user/group changes need a restart\"");
-	if (cfg->workers != r->cfg->workers)
+	if (cfg->workers != old->workers)
 		log_warn("event=reload_warning reason=\"a new number of workers needs a restart\"");
-	struct certstore *old_cs = r->cs;
-	config_unref(r->cfg);
-	tls_context_unref(r->tc);
-	r->cfg = cfg;
-	r->cs = cs;
-	r->tc = tc;
+	struct generation *prev = r->live;
+	r->live = gen;
 	r->generation++;
 	reload_hand_over(r, b);
 	struct certstore_diff d = { 0 };
 	if (cs)
-		certstore_diff(old_cs, cs, &d);
+		certstore_diff(prev->cs, cs, &d);
 	log_info("event=reload result=ok generation=%u certs=%zu names=%zu added=%zu removed=%zu "
 	         "changed=%zu kept_last_good=%zu reused=%zu problems=%d warnings=%d listeners=%zu "
 	         "load_ms=%.1f",
 	         r->generation, cs ? certstore_ncerts(cs) : 0, cs ? certstore_nnames(cs) : 0, d.added,
 	         d.removed, d.changed, d.kept_last_good, d.reused, r->problems, r->warnings, r->nbound,
 	         r->load_ms);
-	certstore_unref(old_cs);
+	generation_unref(prev);
 	reload_write_addresses(r);
 }
 
@@ -264,7 +258,7 @@ static void reload_after_cb(uv_work_t *req, int status)
 	struct reload *r = req->data;
 	struct config *cfg = r->next_cfg;
 	struct certstore *cs = r->next_cs;
-	struct tls_context *tc = NULL;
+	struct generation *gen = NULL;
 	struct reload_binding b = { 0 };
 	char err[512] = "";
 	r->loading = false;
@@ -272,23 +266,23 @@ static void reload_after_cb(uv_work_t *req, int status)
 		snprintf(err, sizeof err, "stopping");
 	else if (!cfg)
 		snprintf(err, sizeof err, "%s", r->err);
-	else if (r->cs && certstore_ncerts(r->cs) > 0 && (!cs || certstore_ncerts(cs) == 0))
+	else if (r->live->cs && certstore_ncerts(r->live->cs) > 0 &&
+	         (!cs || certstore_ncerts(cs) == 0))
 		snprintf(err, sizeof err, "no usable certificate left in %s; TLS stays on with the "
 		         "loaded ones", cfg->tls_certs_dir ? cfg->tls_certs_dir : "(certs_dir empty)");
-	else if (cs && tls_context_new(cfg, cs, &tc, err, sizeof err) < 0)
-		tc = NULL;
+	else if (generation_new(cfg, cs, &gen, err, sizeof err) < 0)
+		gen = NULL;
 	else if (reload_bind(r, cfg, &b, err, sizeof err) < 0)
-		tls_context_unref(tc);
+		generation_unref(gen);
 	else
-		reload_install(r, cfg, cs, tc, &b), cfg = NULL, cs = NULL;
-	if (cfg || err[0]) {
-		if (!r->stopping)
-			log_error("event=reload result=failed generation=%u reason=\"%s\" "
-			          "action=\"kept the running configuration and certificates\"",
-			          r->generation, err);
-		config_unref(cfg);
-		certstore_unref(cs);
-	}
+		reload_install(r, gen, &b);
+	if (err[0] && !r->stopping)
+		log_error("event=reload result=failed generation=%u reason=\"%s\" "
+		          "action=\"kept the running configuration and certificates\"",
+		          r->generation, err);
+	/* The generation, when there is one, holds its own references. */
+	config_unref(cfg);
+	certstore_unref(cs);
 	if (r->again && !r->stopping) {
 		r->again = false;
 		reload_start_work(r);
@@ -373,8 +367,7 @@ static void reload_stop_cb(uv_signal_t *h, int signum)
 /* ---- lifecycle ---- */
 
 struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address_file,
-                          unsigned workers, struct config *cfg, struct certstore *cs,
-                          struct tls_context *tc, char *err, size_t errsize)
+                          unsigned workers, struct generation *gen, char *err, size_t errsize)
 {
 	struct reload *r = calloc(1, sizeof *r);
 	if (!r || !(r->workers = calloc(workers, sizeof *r->workers)) ||
@@ -389,11 +382,9 @@ struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address
 	r->path = path;
 	r->address_file = address_file;
 	r->nworkers = workers;
-	r->cfg = config_ref(cfg);
-	r->cs = cs ? certstore_ref(cs) : NULL;
-	r->tc = tc ? tls_context_ref(tc) : NULL;
+	r->live = generation_ref(gen);
 	r->generation = 1;
-	if (reload_bind(r, cfg, &r->first, err, errsize) < 0) {
+	if (reload_bind(r, gen->cfg, &r->first, err, errsize) < 0) {
 		reload_free(r);
 		return NULL;
 	}
@@ -422,7 +413,7 @@ int reload_start(struct reload *r, char *err, size_t errsize)
 		reload_worker_fds(&r->first, r->nworkers, w, fds);
 		for (size_t i = 0; i < r->first.n; i++)
 			r->first.fds[i * r->nworkers + w] = -1; /* handed over */
-		r->workers[w] = worker_start(w, r->nworkers, r->shared, r->cfg, r->tc, fds,
+		r->workers[w] = worker_start(w, r->nworkers, r->shared, r->live, fds,
 		                             reload_worker_stopped, r);
 		if (!r->workers[w]) {
 			snprintf(err, errsize, "cannot start worker thread %u", w);
@@ -464,8 +455,6 @@ void reload_free(struct reload *r)
 	free(r->workers);
 	free(r->bound);
 	listener_shared_free(r->shared);
-	config_unref(r->cfg);
-	certstore_unref(r->cs);
-	tls_context_unref(r->tc);
+	generation_unref(r->live);
 	free(r);
 }

@@ -9,19 +9,16 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "certstore.h"
-#include "config.h"
-#include "tls.h"
+#include "generation.h"
 
 struct reload;
 
-/* Takes references to the first generation (CFG, CS and TC; CS and TC may be
- * NULL) and binds its listening sockets for WORKERS loops. PATH is the
- * configuration file to re-read; ADDRESS_FILE (or NULL) receives the bound
- * addresses now and after each reload. NULL with ERR on failure. */
+/* Takes a reference to the first generation GEN and binds its listening
+ * sockets for WORKERS loops. PATH is the configuration file to re-read;
+ * ADDRESS_FILE (or NULL) receives the bound addresses now and after each
+ * reload. NULL with ERR on failure. */
 struct reload *reload_new(uv_loop_t *loop, const char *path, const char *address_file,
-                          unsigned workers, struct config *cfg, struct certstore *cs,
-                          struct tls_context *tc, char *err, size_t errsize);
+                          unsigned workers, struct generation *gen, char *err, size_t errsize);
 
 /* Starts the workers and watches the signals (call after dropping
  * privileges). Returns 0 or -1 with ERR. Once every worker has stopped, the

@@ -24,14 +24,15 @@ struct session {
 	uv_tcp_t tcp;
 	uv_timer_t timer;
 	uv_loop_t *loop;
-	struct config *cfg; /* a reference */
+	struct generation *gen; /* a reference */
+	struct config *cfg;     /* gen's */
 	struct session_owner owner;
 	struct session_link link;
 	struct smtp *smtp;
 	struct relay *relay;
 	struct backend_pool *pool;
-	struct tls_context *tc; /* a reference, or NULL */
-	const char *listener_default;
+	struct tls_context *tc; /* gen's, or NULL */
+	const struct certstore_entry *listener_default; /* gen's, or NULL */
 	struct tls *tls;        /* after STARTTLS */
 	bool tls_ready;         /* handshake done */
 	bool starttls;          /* STARTTLS accepted, switch after the 220 */
@@ -598,16 +599,17 @@ static void session_make_id(char *out, size_t size)
 	snprintf(out, size, "%012llx", (unsigned long long)((session_seed + n) & 0xffffffffffffull));
 }
 
-struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                            const char *listener_default, struct backend_pool *pool,
-                            const struct session_owner *owner)
+struct session *session_new(uv_loop_t *loop, struct generation *gen,
+                            const struct certstore_entry *listener_default,
+                            struct backend_pool *pool, const struct session_owner *owner)
 {
 	struct session *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
 	s->loop = loop;
-	s->cfg = config_ref(cfg);
-	s->tc = tc ? tls_context_ref(tc) : NULL;
+	s->gen = generation_ref(gen);
+	s->cfg = gen->cfg;
+	s->tc = gen->tc;
 	s->listener_default = listener_default;
 	s->pool = pool;
 	s->owner = *owner;
@@ -736,8 +738,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
 	free(s->cout);
 	/* GnuTLS holds pointers to the credentials until gnutls_deinit. */
 	tls_free(s->tls);
-	tls_context_unref(s->tc);
-	config_unref(s->cfg);
+	generation_unref(s->gen);
 	s->owner.gone(s->owner.arg, s);
 	free(s);
 }

@@ -8,8 +8,8 @@
 #include <uv.h>
 
 #include "backend_pool.h"
-#include "config.h"
-#include "tls.h"
+#include "certstore.h"
+#include "generation.h"
 
 struct session;
 
@@ -19,14 +19,14 @@ struct session_owner {
 	void *arg;
 };
 
-/* Creates a session on LOOP holding references to CFG and TC (NULL: no
- * STARTTLS), with its TCP handle initialised for the caller to uv_accept()
- * into (session_tcp). LISTENER_DEFAULT (borrowed from CFG) is the listening
- * address's own default certificate name, or NULL. POOL (the worker's
- * backend connections) must outlive the session. */
-struct session *session_new(uv_loop_t *loop, struct config *cfg, struct tls_context *tc,
-                            const char *listener_default, struct backend_pool *pool,
-                            const struct session_owner *owner);
+/* Creates a session on LOOP holding a reference to generation GEN, with
+ * its TCP handle initialised for the caller to open the accepted socket
+ * into (session_tcp). LISTENER_DEFAULT (GEN's) is the listening address's
+ * own default certificate, or NULL. POOL (the worker's backend
+ * connections) must outlive the session. */
+struct session *session_new(uv_loop_t *loop, struct generation *gen,
+                            const struct certstore_entry *listener_default,
+                            struct backend_pool *pool, const struct session_owner *owner);
 
 /* The handle to accept into. */
 uv_tcp_t *session_tcp(struct session *s);

@@ -27,7 +27,7 @@ struct tls_context {
 struct tls {
 	gnutls_session_t session;
 	struct tls_context *tc;
-	const char *listener_default;
+	const struct certstore_entry *listener_default;
 	const struct tls_io *io;
 	void *ctx;
 	const char *id;
@@ -76,29 +76,13 @@ int tls_context_new(const struct config *cfg, struct certstore *cs, struct tls_c
 	}
 	tc->cs = certstore_ref(cs);
 	if (certstore_ncerts(cs) > 0) {
-		const char *name = cfg->tls_default_cert[0] ? cfg->tls_default_cert : cfg->hostname;
-		char norm[256];
+		const char *name = config_default_cert(cfg);
 		enum certstore_match how;
-		if (certstore_normalize(name, strlen(name), norm, sizeof norm) >= 0)
-			tc->fallback = certstore_lookup(cs, norm, &how);
+		tc->fallback = certstore_resolve(cs, name, strlen(name), NULL, 0, &how);
 		if (!tc->fallback) {
 			snprintf(err, errsize, "%s: no certificate serves '%s'",
 			         cfg->tls_default_cert[0] ? "default_cert" : "default_cert (unset, so hostname)",
 			         name);
-			tls_context_unref(tc);
-			return -1;
-		}
-	}
-	for (size_t i = 0; i < cfg->n_listen; i++) {
-		const char *d = cfg->listen[i].default_cert;
-		char norm[256];
-		enum certstore_match how;
-		if (!d || certstore_ncerts(cs) == 0)
-			continue;
-		if (certstore_normalize(d, strlen(d), norm, sizeof norm) < 0 ||
-		    !certstore_lookup(cs, norm, &how)) {
-			snprintf(err, errsize, "listen %s: default_cert: no certificate serves '%s'",
-			         cfg->listen[i].text, d);
 			tls_context_unref(tc);
 			return -1;
 		}
@@ -215,22 +199,18 @@ static int tls_post_client_hello_cb(gnutls_session_t session)
 	bool sent = gnutls_server_name_get(session, raw, &len, &type, 0) == 0 &&
 	            type == GNUTLS_NAME_DNS;
 	if (sent) {
-		if (certstore_normalize(raw, len, norm, sizeof norm) >= 0) {
-			snprintf(t->sni, sizeof t->sni, "%s", norm);
-			e = certstore_lookup(t->tc->cs, norm, &how);
-		} else {
-			strcpy(t->sni, "invalid");
-		}
+		e = certstore_resolve(t->tc->cs, raw, len, norm, sizeof norm, &how);
+		snprintf(t->sni, sizeof t->sni, "%s", norm[0] ? norm : "invalid");
 	}
 	t->match = how == CERTSTORE_MATCH_EXACT ? "exact" : "wildcard";
 	if (!e && sent && t->tc->sni_strict) {
 		t->match = "refused";
 		return GNUTLS_E_UNRECOGNIZED_NAME;
 	}
-	if (!e && t->listener_default &&
-	    certstore_normalize(t->listener_default, strlen(t->listener_default), norm, sizeof norm) >= 0 &&
-	    (e = certstore_lookup(t->tc->cs, norm, &how)))
+	if (!e && t->listener_default) {
+		e = t->listener_default;
 		t->match = "listener-default";
+	}
 	if (!e) {
 		e = t->tc->fallback;
 		t->match = "default";
@@ -245,7 +225,8 @@ static int tls_post_client_hello_cb(gnutls_session_t session)
 
 /* ---- session ---- */
 
-struct tls *tls_new(struct tls_context *tc, const char *listener_default, const struct tls_io *io,
+struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listener_default,
+                    const struct tls_io *io,
                     void *ctx, const char *id)
 {
 	struct tls *t = calloc(1, sizeof *t);

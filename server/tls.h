@@ -32,10 +32,11 @@ struct tls_io {
 };
 
 /* A server session over TC (a reference is taken). LISTENER_DEFAULT is the
- * listener's own default certificate name or NULL; ID is the session id for
- * logs. All borrowed strings must outlive the tls. */
-struct tls *tls_new(struct tls_context *tc, const char *listener_default, const struct tls_io *io,
-                    void *ctx, const char *id);
+ * listener's own default certificate (an entry of TC's store, resolved
+ * when the generation was built) or NULL; ID is the session id for logs.
+ * Everything borrowed must outlive the tls. */
+struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listener_default,
+                    const struct tls_io *io, void *ctx, const char *id);
 
 /* Frees the GnuTLS session first, then releases the context (GnuTLS keeps
  * pointers to the credentials until gnutls_deinit). */

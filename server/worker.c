@@ -20,8 +20,8 @@ enum worker_kind { WORKER_UPDATE, WORKER_STOP };
 struct worker_msg {
 	struct worker_msg *next;
 	enum worker_kind kind;
-	struct config *cfg;
-	struct tls_context *tc;
+	struct generation *gen;
+	struct config *cfg; /* gen's */
 	int *fds;
 };
 
@@ -44,17 +44,16 @@ struct worker {
 
 static void worker_msg_free(struct worker_msg *m)
 {
-	config_unref(m->cfg);
-	tls_context_unref(m->tc);
+	generation_unref(m->gen);
 	free(m->fds);
 	free(m);
 }
 
-static struct worker_msg *worker_msg_new(enum worker_kind kind, struct config *cfg,
-                                         struct tls_context *tc, const int *fds)
+static struct worker_msg *worker_msg_new(enum worker_kind kind, struct generation *gen,
+                                         const int *fds)
 {
 	struct worker_msg *m = calloc(1, sizeof *m);
-	size_t n = cfg ? cfg->n_listen : 0;
+	size_t n = gen ? gen->cfg->n_listen : 0;
 	if (!m || (n && !(m->fds = malloc(n * sizeof *m->fds)))) {
 		free(m);
 		for (size_t i = 0; i < n; i++)
@@ -63,8 +62,8 @@ static struct worker_msg *worker_msg_new(enum worker_kind kind, struct config *c
 		return NULL;
 	}
 	m->kind = kind;
-	m->cfg = cfg ? config_ref(cfg) : NULL;
-	m->tc = tc ? tls_context_ref(tc) : NULL;
+	m->gen = gen ? generation_ref(gen) : NULL;
+	m->cfg = gen ? gen->cfg : NULL;
 	if (n)
 		memcpy(m->fds, fds, n * sizeof *fds);
 	return m;
@@ -98,7 +97,7 @@ static void worker_handle(struct worker *w, struct worker_msg *m)
 				close(m->fds[i]);
 	} else {
 		backend_pool_update(w->pool, m->cfg);
-		listener_update(w->listener, m->cfg, m->tc, m->fds);
+		listener_update(w->listener, m->gen, m->fds);
 	}
 	worker_msg_free(m);
 }
@@ -139,7 +138,7 @@ static void worker_main(void *arg)
 	/* The listener takes the sockets; the array stays the message's. */
 	w->pool = backend_pool_new(&w->loop, m->cfg, w->nworkers);
 	if (w->pool)
-		w->listener = listener_new(&w->loop, w->shared, w->pool, m->cfg, m->tc, m->fds);
+		w->listener = listener_new(&w->loop, w->shared, w->pool, m->gen, m->fds);
 	else
 		for (size_t i = 0; i < m->cfg->n_listen; i++)
 			close(m->fds[i]);
@@ -159,11 +158,11 @@ static void worker_main(void *arg)
 }
 
 struct worker *worker_start(unsigned index, unsigned nworkers, struct listener_shared *shared,
-                            struct config *cfg, struct tls_context *tc, const int *fds,
+                            struct generation *gen, const int *fds,
                             void (*done)(void *arg), void *arg)
 {
 	struct worker *w = calloc(1, sizeof *w);
-	struct worker_msg *m = worker_msg_new(WORKER_UPDATE, cfg, tc, fds);
+	struct worker_msg *m = worker_msg_new(WORKER_UPDATE, gen, fds);
 	if (!w || !m) {
 		free(w);
 		if (m)
@@ -186,7 +185,7 @@ struct worker *worker_start(unsigned index, unsigned nworkers, struct listener_s
 		uv_run(&w->loop, UV_RUN_DEFAULT);
 		uv_loop_close(&w->loop);
 		uv_mutex_destroy(&w->lock);
-		for (size_t i = 0; i < cfg->n_listen; i++)
+		for (size_t i = 0; i < gen->cfg->n_listen; i++)
 			close(m->fds[i]);
 		worker_msg_free(m);
 		free(w);
@@ -195,14 +194,14 @@ struct worker *worker_start(unsigned index, unsigned nworkers, struct listener_s
 	return w;
 }
 
-void worker_update(struct worker *w, struct config *cfg, struct tls_context *tc, const int *fds)
+void worker_update(struct worker *w, struct generation *gen, const int *fds)
 {
-	worker_post(w, worker_msg_new(WORKER_UPDATE, cfg, tc, fds));
+	worker_post(w, worker_msg_new(WORKER_UPDATE, gen, fds));
 }
 
 void worker_stop(struct worker *w)
 {
-	worker_post(w, worker_msg_new(WORKER_STOP, NULL, NULL, NULL));
+	worker_post(w, worker_msg_new(WORKER_STOP, NULL, NULL));
 }
 
 void worker_join(struct worker *w)
