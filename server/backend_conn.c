@@ -6,10 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One write: owns its bytes, freed in its callback. */
+/* Bytes for backend_conn_write_owned: the queue frees the whole block. */
 struct backend_wbuf {
-	uv_write_t req;
-	struct backend_conn *conn;
 	size_t len;
 	size_t cap;
 	char data[];
@@ -56,67 +54,18 @@ void backend_conn_close(struct backend_conn *c)
 	if (!c || c->closing)
 		return;
 	c->closing = true;
+	outq_close(&c->out);
 	uv_close(&c->h.handle, backend_conn_closed_cb);
 	uv_close((uv_handle_t *)&c->timer, backend_conn_closed_cb);
 }
 
-static void backend_conn_write_cb(uv_write_t *req, int status)
-{
-	struct backend_wbuf *w = req->data;
-	struct backend_conn *c = w->conn;
-	size_t len = w->len;
-	free(w);
-	if (c->closing)
-		return;
-	if (status < 0) {
-		backend_conn_fail(c, uv_strerror(status));
-		return;
-	}
-	c->pending -= len;
-	c->written += len;
-	if (c->above_high && c->pending < BACKEND_CONN_LOW_WATER) {
-		c->above_high = false;
-		if (c->cbs->drained)
-			c->cbs->drained(c->owner, c);
-	}
-}
-
 void backend_conn_write_owned(struct backend_conn *c, struct backend_wbuf *w)
 {
-	if (c->closing || w->len == 0) {
+	if (c->closing) {
 		free(w);
 		return;
 	}
-	c->pending += w->len;
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-	/* Written at once when the socket takes it all: no request and no
-	 * callback (libuv re-arms epoll after each completed request). Not
-	 * while above the high-water mark: the owner then waits for the
-	 * drained callback, which only a completed request gives. */
-	int done = c->above_high ? 0 : uv_try_write(&c->h.stream, &b, 1);
-	if (done == (int)w->len) {
-		c->pending -= w->len;
-		c->written += w->len;
-		free(w);
-		return;
-	}
-	if (done > 0) {
-		c->pending -= (size_t)done;
-		c->written += (size_t)done;
-		w->len -= (size_t)done;
-		memmove(w->data, w->data + done, w->len);
-		b = uv_buf_init(w->data, (unsigned)w->len);
-	}
-	w->conn = c;
-	w->req.data = w;
-	if (c->pending > BACKEND_CONN_HIGH_WATER)
-		c->above_high = true;
-	int rc = uv_write(&w->req, &c->h.stream, &b, 1, backend_conn_write_cb);
-	if (rc < 0) {
-		c->pending -= w->len;
-		free(w);
-		backend_conn_fail(c, uv_strerror(rc));
-	}
+	outq_write(&c->out, w, w->data, w->len);
 }
 
 void backend_conn_write(struct backend_conn *c, const char *buf, size_t len)
@@ -130,6 +79,23 @@ void backend_conn_write(struct backend_conn *c, const char *buf, size_t len)
 	w->len = len;
 	backend_conn_write_owned(c, w);
 }
+
+static void backend_conn_out_error_cb(void *owner, int status)
+{
+	backend_conn_fail(owner, uv_strerror(status));
+}
+
+static void backend_conn_out_drained_cb(void *owner)
+{
+	struct backend_conn *c = owner;
+	if (c->cbs->drained)
+		c->cbs->drained(c->owner, c);
+}
+
+static const struct outq_cbs backend_conn_out_cbs = {
+	.error = backend_conn_out_error_cb,
+	.drained = backend_conn_out_drained_cb,
+};
 
 static void backend_conn_timer_cb(uv_timer_t *t)
 {
@@ -311,6 +277,8 @@ struct backend_conn *backend_conn_new(uv_loop_t *loop, const struct config_addr 
 	c->connect.data = c;
 	c->timer.data = c;
 	c->open_handles = 2;
+	outq_init(&c->out, &c->h.stream, BACKEND_CONN_HIGH_WATER, BACKEND_CONN_LOW_WATER,
+	          &backend_conn_out_cbs, c);
 	uv_timer_init(loop, &c->timer);
 	int rc;
 	if (addr->unix_path) {

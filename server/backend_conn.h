@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "outq.h"
 #include "smtp_parse.h"
 
 struct backend_conn;
@@ -46,9 +47,7 @@ struct backend_conn {
 	unsigned caps;     /* SMTP_EXT_* of its last LHLO reply */
 	unsigned xattrs;   /* BACKEND_XA_*: what its XCLIENT takes */
 	char xclient[320]; /* the XCLIENT facts in effect ("" none), kept by the relay */
-	size_t pending;    /* bytes given to backend_conn_write* not yet written */
-	uint64_t written;  /* bytes written so far: progress */
-	bool above_high;   /* pending went over the high-water mark */
+	struct outq out;   /* bytes for the backend: out.pending, out.written */
 
 	struct backend_conn *next, *prev; /* the pool's lists */
 	unsigned generation;              /* the pool's: config it was opened for */

@@ -1,12 +1,24 @@
-/* growbuf: a byte buffer that grows by doubling, kept as three fields
- * (data, length, capacity) in its owner's struct. */
+/* growbuf: a byte buffer that grows by doubling, embedded in its owner. */
 #ifndef MXFRONT_GROWBUF_H
 #define MXFRONT_GROWBUF_H
 
 #include <stddef.h>
 
-/* Appends DATA[0..N) to *BUF, growing it; 0, or -1 when out of memory
- * (the buffer is then unchanged). The owner frees *BUF. */
-int growbuf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n);
+struct growbuf {
+	char *data; /* owned; NULL until the first append */
+	size_t len;
+	size_t cap;
+};
+
+/* Appends DATA[0..N) to B, growing it; 0, or -1 when out of memory (B is
+ * then unchanged). */
+int growbuf_append(struct growbuf *b, const void *data, size_t n);
+
+/* Hands the bytes over: returns B's allocation (the caller frees it) and
+ * leaves B empty. *LEN gets the length. */
+char *growbuf_take(struct growbuf *b, size_t *len);
+
+/* Frees B's allocation and leaves it empty. */
+void growbuf_free(struct growbuf *b);
 
 #endif

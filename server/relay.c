@@ -55,6 +55,7 @@ struct relay {
 	uv_timer_t timer;          /* the hold, and stalls while streaming */
 	bool freeing;
 	bool in_command;           /* inside relay_command: relay_flush() writes */
+	bool reading;              /* inside one backend read: settle at its end */
 	uint64_t last_active;      /* the client's last command or message bytes */
 	uint64_t stall_mark;
 
@@ -62,15 +63,14 @@ struct relay {
 	unsigned char fifo[RELAY_FIFO];
 	unsigned fhead, flen;
 	/* their MAIL/RCPT lines: answered up to pend_off, written up to sent_off */
-	char *pend;
-	size_t pendlen, pendcap, pend_off, sent_off;
+	struct growbuf pend;
+	size_t pend_off, sent_off;
 	unsigned inflight; /* written, unanswered */
 
 	/* the transaction as the backend has it */
 	bool tx_open;      /* MAIL accepted */
 	bool parked;       /* open, but its connection went back: say it again first */
-	char *tx;          /* the MAIL line, then each accepted RCPT line */
-	size_t txlen, txcap;
+	struct growbuf tx; /* the MAIL line, then each accepted RCPT line */
 	unsigned nacc;
 	enum relay_setup setup;
 	size_t replay_off;
@@ -93,6 +93,7 @@ struct relay {
 };
 
 static const struct backend_conn_cbs relay_conn_cbs;
+static void relay_settle(struct relay *r);
 
 static void relay_lost(struct smtp_reply *out, const char *text)
 {
@@ -103,7 +104,7 @@ static void relay_lost(struct smtp_reply *out, const char *text)
 size_t relay_pending(const struct relay *r)
 {
 	return r->held_bytes + (r->wcur ? *backend_wbuf_len(r->wcur) : 0) +
-	       (r->conn ? r->conn->pending : 0);
+	       (r->conn ? r->conn->out.pending : 0);
 }
 
 static void relay_check_drained(struct relay *r)
@@ -131,7 +132,7 @@ static void relay_drop_message(struct relay *r)
 static void relay_forget_tx(struct relay *r)
 {
 	r->tx_open = r->parked = false;
-	r->txlen = 0;
+	r->tx.len = 0;
 	r->nacc = 0;
 	r->refusal.code = 0;
 	r->data_failed = false;
@@ -141,7 +142,7 @@ static void relay_forget_tx(struct relay *r)
 static void relay_forget_commands(struct relay *r)
 {
 	r->flen = 0;
-	r->pendlen = r->pend_off = r->sent_off = 0;
+	r->pend.len = r->pend_off = r->sent_off = 0;
 	r->inflight = 0;
 }
 
@@ -195,8 +196,8 @@ static void relay_fifo_pop(struct relay *r)
 /* The line of the oldest unanswered MAIL/RCPT, consumed. */
 static void relay_pend_take(struct relay *r, const char **line, size_t *len)
 {
-	const char *p = r->pend + r->pend_off;
-	const char *nl = memchr(p, '\n', r->pendlen - r->pend_off);
+	const char *p = r->pend.data + r->pend_off;
+	const char *nl = memchr(p, '\n', r->pend.len - r->pend_off);
 	assert(nl);
 	*line = p;
 	*len = (size_t)(nl + 1 - p);
@@ -205,8 +206,8 @@ static void relay_pend_take(struct relay *r, const char **line, size_t *len)
 
 static void relay_pend_compact(struct relay *r)
 {
-	if (r->pend_off == r->pendlen && r->sent_off == r->pendlen)
-		r->pendlen = r->pend_off = r->sent_off = 0;
+	if (r->pend_off == r->pend.len && r->sent_off == r->pend.len)
+		r->pend.len = r->pend_off = r->sent_off = 0;
 }
 
 /* Everything awaited gets TEXT as a made-up 4xx ("lost"); RSET still gets
@@ -358,8 +359,8 @@ static void relay_xclient_facts(const struct relay *r, unsigned attrs, char *out
  * pipelines, else the next one. */
 static void relay_replay_next(struct relay *r)
 {
-	const char *p = r->tx + r->replay_off;
-	size_t left = r->txlen - r->replay_off;
+	const char *p = r->tx.data + r->replay_off;
+	size_t left = r->tx.len - r->replay_off;
 	size_t n = left;
 	if (!(r->conn->caps & SMTP_EXT_PIPELINING)) {
 		const char *nl = memchr(p, '\n', left);
@@ -388,7 +389,7 @@ static void relay_setup_next(struct relay *r, enum relay_setup from)
 			return;
 		}
 	}
-	if (from <= RELAY_SETUP_REPLAY && r->parked && r->txlen) {
+	if (from <= RELAY_SETUP_REPLAY && r->parked && r->tx.len) {
 		r->setup = RELAY_SETUP_REPLAY;
 		r->replay_off = 0;
 		r->replay_left = 1 + r->nacc;
@@ -459,6 +460,8 @@ static void relay_ready_cb(struct backend_waiter *w, struct backend_conn *c,
 		r->phase = RELAY_SETUP;
 		backend_conn_set_owner(c, &relay_conn_cbs, r);
 		relay_setup_next(r, RELAY_SETUP_XCLIENT);
+		if (!r->in_command)
+			relay_settle(r);
 		return;
 	}
 	r->phase = RELAY_NONE;
@@ -469,6 +472,8 @@ static void relay_ready_cb(struct backend_waiter *w, struct backend_conn *c,
 	} else {
 		relay_fail_with(r, NULL, "4.4.1 Backend unavailable, try again later");
 	}
+	if (!r->in_command)
+		relay_settle(r);
 }
 
 static void relay_need_conn(struct relay *r)
@@ -484,13 +489,13 @@ static void relay_need_conn(struct relay *r)
 /* Writes the MAIL/RCPT lines not written yet. */
 static void relay_flush_commands(struct relay *r)
 {
-	if (r->phase != RELAY_OPEN || r->sent_off == r->pendlen)
+	if (r->phase != RELAY_OPEN || r->sent_off == r->pend.len)
 		return;
-	const char *p = r->pend + r->sent_off;
-	size_t n = r->pendlen - r->sent_off;
+	const char *p = r->pend.data + r->sent_off;
+	size_t n = r->pend.len - r->sent_off;
 	for (size_t i = 0; i < n; i++)
 		r->inflight += p[i] == '\n';
-	r->sent_off = r->pendlen;
+	r->sent_off = r->pend.len;
 	relay_write(r, p, n);
 	if (r->conn)
 		relay_arm_reply(r);
@@ -509,11 +514,11 @@ static void relay_command_reply(struct relay *r, const struct smtp_reply *rep)
 	relay_pend_take(r, &line, &len);
 	r->inflight--;
 	if (rep->code / 100 == 2 && k == RELAY_K_MAIL) {
-		r->txlen = 0;
+		r->tx.len = 0;
 		r->nacc = 0;
-		r->tx_open = growbuf_append(&r->tx, &r->txlen, &r->txcap, line, len) == 0;
+		r->tx_open = growbuf_append(&r->tx, line, len) == 0;
 	} else if (rep->code / 100 == 2 && k == RELAY_K_RCPT && r->tx_open) {
-		if (growbuf_append(&r->tx, &r->txlen, &r->txcap, line, len) == 0)
+		if (growbuf_append(&r->tx, line, len) == 0)
 			r->nacc++;
 	}
 	relay_pend_compact(r);
@@ -538,7 +543,7 @@ void relay_command(struct relay *r, const char *line, size_t len)
 		k = RELAY_K_RSET;
 	assert(r->flen < RELAY_FIFO);
 	if ((k == RELAY_K_MAIL || k == RELAY_K_RCPT) &&
-	    growbuf_append(&r->pend, &r->pendlen, &r->pendcap, line, len) < 0) {
+	    growbuf_append(&r->pend, line, len) < 0) {
 		struct smtp_reply rep;
 		relay_lost(&rep, "4.3.0 Out of memory, try again later");
 		r->cbs->reply(r->ctx, &rep);
@@ -626,7 +631,7 @@ static void relay_data_cmd_reply(struct relay *r, const struct smtp_reply *rep)
 			relay_write(r, ".\r\n", 3);
 			relay_arm_reply(r);
 		} else {
-			r->stall_mark = r->conn->written;
+			r->stall_mark = r->conn->out.written;
 			uv_timer_start(&r->timer, relay_stream_cb, r->cfg->backend_timeout_ms, 0);
 		}
 		relay_check_drained(r);
@@ -798,10 +803,23 @@ static void relay_stream_cb(uv_timer_t *t)
 	struct relay *r = t->data;
 	if (r->phase != RELAY_STREAM || !r->conn)
 		return;
-	if (r->conn->pending && r->conn->written == r->stall_mark)
-		return relay_fail(r, "timeout");
-	r->stall_mark = r->conn->written;
+	if (r->conn->out.pending && r->conn->out.written == r->stall_mark) {
+		relay_fail(r, "timeout");
+		relay_settle(r);
+		return;
+	}
+	r->stall_mark = r->conn->out.written;
 	uv_timer_start(&r->timer, relay_stream_cb, r->cfg->backend_timeout_ms, 0);
+}
+
+/* The end of an event from outside the session's calls: commands the
+ * session gave in reaction leave in one write, and the session goes on. */
+static void relay_settle(struct relay *r)
+{
+	if (r->reading || r->freeing)
+		return;
+	relay_flush_commands(r);
+	r->cbs->settled(r->ctx);
 }
 
 static void relay_conn_reply(void *owner, struct backend_conn *c, const struct smtp_reply *rep)
@@ -809,21 +827,28 @@ static void relay_conn_reply(void *owner, struct backend_conn *c, const struct s
 	struct relay *r = owner;
 	switch (r->phase) {
 	case RELAY_SETUP:
-		return relay_setup_reply(r, rep);
+		relay_setup_reply(r, rep);
+		break;
 	case RELAY_OPEN:
-		return relay_command_reply(r, rep);
+		relay_command_reply(r, rep);
+		break;
 	case RELAY_DATA_CMD:
-		return relay_data_cmd_reply(r, rep);
+		relay_data_cmd_reply(r, rep);
+		break;
 	case RELAY_EOD:
-		return relay_eod_reply(r, rep);
+		relay_eod_reply(r, rep);
+		break;
 	default:
-		return relay_fail(r, "reply without a command");
+		relay_fail(r, "reply without a command");
+		break;
 	}
+	relay_settle(r);
 }
 
 static void relay_conn_error(void *owner, struct backend_conn *c, const char *reason)
 {
 	relay_fail(owner, reason);
+	relay_settle(owner);
 }
 
 static void relay_conn_drained(void *owner, struct backend_conn *c)
@@ -831,11 +856,13 @@ static void relay_conn_drained(void *owner, struct backend_conn *c)
 	relay_check_drained(owner);
 }
 
+/* Every reply of one read is taken before the session goes on. */
 static void relay_conn_batch(void *owner, struct backend_conn *c, bool begin)
 {
 	struct relay *r = owner;
-	if (!r->freeing)
-		r->cbs->batch(r->ctx, begin);
+	r->reading = begin;
+	if (!begin)
+		relay_settle(r);
 }
 
 static const struct backend_conn_cbs relay_conn_cbs = {
@@ -885,8 +912,8 @@ static void relay_timer_close_cb(uv_handle_t *h)
 {
 	struct relay *r = h->data;
 	free(r->replies);
-	free(r->pend);
-	free(r->tx);
+	growbuf_free(&r->pend);
+	growbuf_free(&r->tx);
 	free(r->held);
 	free(r);
 }

@@ -32,10 +32,11 @@ struct relay_cbs {
 	/* Buffered output fell below the low-water mark after relay_pending()
 	 * had exceeded RELAY_HIGH_WATER. */
 	void (*drained)(void *ctx);
-	/* Brackets the answers found in one read from the backend (true, then
-	 * false), so that the client's replies to a pipelined group can leave
-	 * in one write. */
-	void (*batch)(void *ctx, bool begin);
+	/* Answers came from outside the session's own calls (a backend read,
+	 * a timer, the pool): the session goes on with them now. Once per
+	 * backend read, so that the replies to a pipelined group leave in one
+	 * write. */
+	void (*settled)(void *ctx);
 };
 
 #define RELAY_HIGH_WATER (64 * 1024)

@@ -1,7 +1,8 @@
-/* session: owns one client connection (socket, timer, input buffer, reply
- * queue) and its smtp and relay objects; session_close() is the only way out.
- * Memory is bounded: input to SESSION_IN_MAX, replies and backend data to
- * their high-water marks, beyond which reading stops (backpressure). */
+/* session: owns one client connection (socket, timer, input buffer, output
+ * queue) and its smtp and relay objects, and moves through its phases
+ * (session_enter); session_close() is the only way out. Memory is bounded:
+ * input to SESSION_IN_MAX, replies and backend data to their high-water
+ * marks, beyond which reading stops (backpressure). Knows no SMTP reply. */
 #include "session.h"
 
 #include <arpa/inet.h>
@@ -14,11 +15,27 @@
 
 #include "growbuf.h"
 #include "log.h"
+#include "outq.h"
 #include "relay.h"
 #include "smtp.h"
 
 #define SESSION_IN_MAX (16 * 1024)
 #define SESSION_OUT_HIGH (64 * 1024)
+#define SESSION_OUT_LOW (32 * 1024)
+
+enum session_phase {
+	SESSION_PREGREET,  /* greeting_delay running: any byte now is an early talker */
+	SESSION_PLAIN,     /* SMTP in plaintext */
+	SESSION_STARTTLS,  /* STARTTLS accepted: its 220 leaves, then TLS starts */
+	SESSION_HANDSHAKE, /* the TLS handshake */
+	SESSION_TLS,       /* SMTP over TLS */
+	SESSION_DRAINING,  /* the last reply is queued: close once it is written */
+	SESSION_CLOSING,   /* handles closing; freed after the last one */
+};
+
+static const char *const session_phase_names[] = {
+	"pregreet", "plain", "starttls", "handshake", "tls", "draining", "closing",
+};
 
 struct session {
 	uv_tcp_t tcp;
@@ -34,10 +51,7 @@ struct session {
 	struct tls_context *tc; /* gen's, or NULL */
 	const struct certstore_entry *listener_default; /* gen's, or NULL */
 	struct tls *tls;        /* after STARTTLS */
-	bool tls_ready;         /* handshake done */
-	bool starttls;          /* STARTTLS accepted, switch after the 220 */
-	char *cout;             /* ciphertext not yet handed to uv_write, owned */
-	size_t coutlen, coutcap;
+	struct growbuf cout;    /* ciphertext for the next flush */
 
 	char id[16];
 	char client_ip[INET6_ADDRSTRLEN];
@@ -47,30 +61,19 @@ struct session {
 	uint64_t idle_since;   /* the end of the last transaction, or the start */
 	int handles;
 
-	bool closing;
-	bool close_after_flush;
-	const char *close_reason;
-	bool reading;
-	bool processing;
-	bool again;
-	bool draining; /* graceful stop: close as soon as smtp is idle */
-	bool batching; /* taking a read's worth of backend answers: flush after */
-	bool pregreet; /* greeting_delay running: any byte now is an early talker */
+	enum session_phase phase;
+	const char *close_reason; /* DRAINING: why the session ends */
+	bool stopping;   /* graceful stop: close as soon as smtp is idle */
+	bool reading;    /* the socket is read */
+	bool processing; /* inside session_process */
+	bool again;      /* session_process goes round once more */
 
-	char *out; /* replies not yet handed to uv_write, owned */
-	size_t outlen, outcap;
-	size_t unsent; /* bytes handed to uv_write, not yet written */
+	struct growbuf out; /* replies for the next flush */
+	struct outq outq;   /* bytes the socket has not taken yet */
 
 	struct smtp_framer framer;
 	size_t inlen;
 	char *in; /* SESSION_IN_MAX bytes while input waits, else NULL (owned) */
-};
-
-struct session_wbuf {
-	uv_write_t req;
-	struct session *s;
-	size_t len;
-	char *data;
 };
 
 static void session_process(struct session *s);
@@ -82,87 +85,76 @@ static uint64_t session_now_ms(uv_loop_t *loop)
 	return uv_now(loop);
 }
 
-/* ---- output ---- */
+/* ---- phases and output ---- */
 
-static void session_write_cb(uv_write_t *req, int status)
+/* Every change of phase goes through here (and is logged at debug level). */
+static void session_enter(struct session *s, enum session_phase to)
 {
-	struct session_wbuf *w = req->data;
-	struct session *s = w->s;
-	s->unsent -= w->len;
-	free(w->data);
-	free(w);
-	if (s->closing)
+	if (s->phase == to)
 		return;
-	if (status < 0) {
-		session_close(s, "write error");
-		return;
-	}
-	if (s->close_after_flush && s->unsent == 0 && s->outlen == 0) {
-		session_close(s, s->close_reason);
-		return;
-	}
-	if (s->unsent < SESSION_OUT_HIGH)
-		session_process(s);
+	log_debug("sess=%s event=phase from=%s to=%s", s->id, session_phase_names[s->phase],
+	          session_phase_names[to]);
+	s->phase = to;
 }
 
-/* Writes *BUF at once if the socket takes it all (no request, no callback:
- * libuv re-arms epoll after every completed request), else hands it
- * (ownership and all) to uv_write. */
-static void session_write(struct session *s, char **buf, size_t *len, size_t *cap)
+/* SMTP may be spoken: not closing, not switching to TLS. */
+static bool session_talking(const struct session *s)
 {
-	uv_buf_t b = uv_buf_init(*buf, (unsigned)*len);
-	int done = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-	if (done == (int)*len) {
-		free(*buf);
-		*buf = NULL;
-		*len = *cap = 0;
-		return;
-	}
-	size_t skip = done > 0 ? (size_t)done : 0;
-	struct session_wbuf *w = malloc(sizeof *w);
-	if (!w) {
-		session_close(s, "out of memory");
-		return;
-	}
-	w->s = s;
-	w->len = *len - skip;
-	w->data = *buf;
-	w->req.data = w;
-	*buf = NULL;
-	*len = *cap = 0;
-	s->unsent += w->len;
-	b = uv_buf_init(w->data + skip, (unsigned)w->len);
-	int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, session_write_cb);
-	if (rc < 0) {
-		s->unsent -= w->len;
-		free(w->data);
-		free(w);
-		session_close(s, uv_strerror(rc));
-	}
+	return s->phase == SESSION_PLAIN || s->phase == SESSION_TLS;
+}
+
+static void session_outq_error_cb(void *owner, int status)
+{
+	session_close(owner, "write error");
+}
+
+static void session_outq_drained_cb(void *owner)
+{
+	session_process(owner);
+}
+
+static void session_outq_empty_cb(void *owner)
+{
+	struct session *s = owner;
+	if (s->phase == SESSION_DRAINING && s->out.len == 0)
+		session_close(s, s->close_reason);
+}
+
+static const struct outq_cbs session_outq_cbs = {
+	.error = session_outq_error_cb,
+	.drained = session_outq_drained_cb,
+	.empty = session_outq_empty_cb,
+};
+
+static void session_write(struct session *s, struct growbuf *b)
+{
+	size_t len;
+	char *data = growbuf_take(b, &len);
+	outq_write(&s->outq, data, data, len);
 }
 
 /* Writes queued replies (encrypted once TLS is up) and backend data. */
 static void session_flush(struct session *s)
 {
-	if (s->closing || s->batching)
+	if (s->phase == SESSION_CLOSING)
 		return;
 	if (s->relay)
 		relay_flush(s->relay);
-	if (s->outlen && s->tls) {
+	if (s->out.len && s->tls) {
 		/* Replies queued after the 220 to STARTTLS wait for the handshake. */
-		if (s->tls_ready) {
-			if (tls_send(s->tls, s->out, s->outlen) < 0) {
+		if (s->phase != SESSION_HANDSHAKE) {
+			if (tls_send(s->tls, s->out.data, s->out.len) < 0) {
 				session_close(s, tls_error(s->tls));
 				return;
 			}
-			s->outlen = 0;
+			s->out.len = 0;
 		}
-	} else if (s->outlen) {
-		session_write(s, &s->out, &s->outlen, &s->outcap);
+	} else if (s->out.len) {
+		session_write(s, &s->out);
 	}
-	if (s->coutlen && !s->closing)
-		session_write(s, &s->cout, &s->coutlen, &s->coutcap);
-	if (!s->closing && s->close_after_flush && s->unsent == 0 && s->outlen == 0)
+	if (s->cout.len && s->phase != SESSION_CLOSING)
+		session_write(s, &s->cout);
+	if (s->phase == SESSION_DRAINING && s->outq.pending == 0 && s->out.len == 0)
 		session_close(s, s->close_reason);
 }
 
@@ -171,9 +163,9 @@ static void session_flush(struct session *s)
 static void session_op_reply(void *ctx, const char *buf, size_t len)
 {
 	struct session *s = ctx;
-	if (s->closing)
+	if (s->phase == SESSION_CLOSING)
 		return;
-	if (growbuf_append(&s->out, &s->outlen, &s->outcap, buf, len) < 0)
+	if (growbuf_append(&s->out, buf, len) < 0)
 		session_close(s, "out of memory");
 }
 
@@ -181,7 +173,7 @@ static void session_op_reply(void *ctx, const char *buf, size_t len)
 static void session_tls_send(void *ctx, const char *buf, size_t len)
 {
 	struct session *s = ctx;
-	if (growbuf_append(&s->cout, &s->coutlen, &s->coutcap, buf, len) < 0)
+	if (growbuf_append(&s->cout, buf, len) < 0)
 		session_close(s, "out of memory");
 }
 
@@ -189,8 +181,7 @@ static const struct tls_io session_tls_io = { .send = session_tls_send };
 
 static void session_op_starttls(void *ctx)
 {
-	struct session *s = ctx;
-	s->starttls = true;
+	session_enter(ctx, SESSION_STARTTLS);
 }
 
 static void session_op_backend_hello(void *ctx, const char *helo)
@@ -226,8 +217,10 @@ static void session_op_backend_abort(void *ctx)
 static void session_op_close(void *ctx, const char *reason)
 {
 	struct session *s = ctx;
-	s->close_after_flush = true;
+	if (s->phase >= SESSION_DRAINING)
+		return;
 	s->close_reason = reason;
+	session_enter(s, SESSION_DRAINING);
 }
 
 static const struct smtp_ops session_smtp_ops = {
@@ -241,47 +234,36 @@ static const struct smtp_ops session_smtp_ops = {
 	.starttls = session_op_starttls,
 };
 
-/* ---- relay callbacks: each may free nothing, only continue processing ---- */
+/* ---- relay callbacks: answers go to smtp; the session goes on when the
+ * relay says it has settled (once per backend read) ---- */
 
 static void session_relay_hello(void *ctx, const struct smtp_reply *r, unsigned caps)
 {
 	struct session *s = ctx;
 	smtp_backend_hello(s->smtp, r, caps);
-	session_process(s);
 }
 
 static void session_relay_reply(void *ctx, const struct smtp_reply *r)
 {
 	struct session *s = ctx;
 	smtp_backend_reply(s->smtp, r);
-	session_process(s);
 }
 
 static void session_relay_data_done(void *ctx, const struct smtp_reply *r, unsigned n)
 {
 	struct session *s = ctx;
 	smtp_backend_data_done(s->smtp, r, n);
-	session_process(s);
 }
 
 static void session_relay_failed(void *ctx)
 {
 	struct session *s = ctx;
 	smtp_backend_failed(s->smtp);
-	session_process(s);
 }
 
-static void session_relay_drained(void *ctx)
+static void session_relay_go_on(void *ctx)
 {
 	session_process(ctx);
-}
-
-static void session_relay_batch(void *ctx, bool begin)
-{
-	struct session *s = ctx;
-	s->batching = begin;
-	if (!begin)
-		session_flush(s);
 }
 
 static const struct relay_cbs session_relay_cbs = {
@@ -289,8 +271,8 @@ static const struct relay_cbs session_relay_cbs = {
 	.reply = session_relay_reply,
 	.data_done = session_relay_data_done,
 	.failed = session_relay_failed,
-	.drained = session_relay_drained,
-	.batch = session_relay_batch,
+	.drained = session_relay_go_on,
+	.settled = session_relay_go_on,
 };
 
 /* ---- input ---- */
@@ -298,12 +280,12 @@ static const struct relay_cbs session_relay_cbs = {
 static void session_timer_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
-	if (s->tls && !s->tls_ready) {
+	if (s->phase == SESSION_HANDSHAKE) {
 		log_info("sess=%s event=tls_error reason=\"handshake timeout\"", s->id);
 		session_close(s, "tls handshake timeout");
 		return;
 	}
-	if (s->close_after_flush) {
+	if (s->phase == SESSION_DRAINING) {
 		/* Our last reply could not even be sent: the client reads nothing. */
 		session_close(s, s->close_reason ? s->close_reason : "timeout");
 		return;
@@ -340,7 +322,7 @@ static void session_arm_timer(struct session *s)
 	if (!smtp_idle(s->smtp))
 		s->idle_since = now;
 	unsigned ms = smtp_in_data(s->smtp) ? s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
-	if (s->tls && !s->tls_ready) {
+	if (s->phase == SESSION_HANDSHAKE) {
 		ms = s->cfg->handshake_timeout_ms;
 	} else if (smtp_idle(s->smtp)) {
 		uint64_t due = s->idle_since + s->cfg->idle_timeout_ms;
@@ -408,7 +390,7 @@ static int session_tls_handshake(struct session *s)
 		session_close(s, "tls handshake failed");
 		return -1;
 	}
-	s->tls_ready = true;
+	session_enter(s, SESSION_TLS);
 	char info[160];
 	snprintf(info, sizeof info, "%s %s sni=%s", tls_version(s->tls), tls_cipher(s->tls),
 	         tls_sni(s->tls));
@@ -424,9 +406,9 @@ static int session_tls_handshake(struct session *s)
  * Returns -1 if the session was closed. */
 static int session_tls_fill(struct session *s)
 {
-	if (!s->tls_ready && session_tls_handshake(s) < 0)
+	if (s->phase == SESSION_HANDSHAKE && session_tls_handshake(s) < 0)
 		return -1;
-	while (s->tls_ready && s->inlen < SESSION_IN_MAX && tls_has_input(s->tls)) {
+	while (s->phase != SESSION_HANDSHAKE && s->inlen < SESSION_IN_MAX && tls_has_input(s->tls)) {
 		if (session_in_alloc(s) < 0) {
 			session_close(s, "out of memory");
 			return -1;
@@ -456,9 +438,9 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 		session_close(s, nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
 		return;
 	}
-	if (s->pregreet) {
+	if (s->phase == SESSION_PREGREET) {
 		/* RFC 5321 3.1: the client waits for the greeting. */
-		s->pregreet = false;
+		session_enter(s, SESSION_PLAIN);
 		log_info("sess=%s event=early_talker client=%s bytes=%zd", s->id, s->client_ip, nread);
 		char reply[300];
 		int n = snprintf(reply, sizeof reply,
@@ -480,7 +462,7 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 
 static bool session_backlogged(const struct session *s)
 {
-	return s->unsent + s->outlen >= SESSION_OUT_HIGH ||
+	return s->outq.above_high || s->out.len >= SESSION_OUT_HIGH ||
 	       (s->relay && relay_pending(s->relay) > RELAY_HIGH_WATER);
 }
 
@@ -489,13 +471,13 @@ static bool session_backlogged(const struct session *s)
  * from now on the socket carries TLS. */
 static void session_start_tls(struct session *s)
 {
-	s->starttls = false;
 	if (s->inlen)
 		log_info("sess=%s event=starttls_discard bytes=%zu", s->id, s->inlen);
 	s->inlen = 0;
 	session_flush(s);
-	if (s->closing)
+	if (s->phase != SESSION_STARTTLS)
 		return;
+	session_enter(s, SESSION_HANDSHAKE);
 	s->tls = tls_new(s->tc, s->listener_default, &session_tls_io, s, s->id);
 	if (!s->tls) {
 		session_close(s, "tls setup failed");
@@ -506,7 +488,7 @@ static void session_start_tls(struct session *s)
 
 static bool session_can_read(const struct session *s)
 {
-	if (s->close_after_flush || session_backlogged(s))
+	if (s->phase >= SESSION_DRAINING || session_backlogged(s))
 		return false;
 	if (s->tls) {
 		char *b;
@@ -532,8 +514,7 @@ static void session_process(struct session *s)
 		if (s->tls && session_tls_fill(s) < 0)
 			break;
 		size_t off = 0;
-		while (s->in && !s->closing && !s->close_after_flush && !smtp_busy(s->smtp) &&
-		       !session_backlogged(s)) {
+		while (s->in && session_talking(s) && !smtp_busy(s->smtp) && !session_backlogged(s)) {
 			size_t limit = smtp_in_data(s->smtp) ? SMTP_TEXT_LINE_MAX : SMTP_COMMAND_LINE_MAX;
 			const char *line;
 			size_t len;
@@ -545,7 +526,7 @@ static void session_process(struct session *s)
 			off += n;
 			if (line) {
 				smtp_line(s->smtp, line, len, flags);
-				if (!s->closing)
+				if (s->phase != SESSION_CLOSING)
 					session_client_line(s);
 			}
 		}
@@ -553,18 +534,17 @@ static void session_process(struct session *s)
 			memmove(s->in, s->in + off, s->inlen - off);
 			s->inlen -= off;
 		}
-		if (s->starttls && !s->closing)
+		if (s->phase == SESSION_STARTTLS)
 			session_start_tls(s);
 		/* Room was made: TLS may hold more decrypted input. */
-		if (s->tls && s->tls_ready && off && tls_has_input(s->tls))
+		if (s->phase == SESSION_TLS && off && tls_has_input(s->tls))
 			s->again = true;
-	} while (s->again && !s->closing);
+	} while (s->again && s->phase != SESSION_CLOSING);
 	s->processing = false;
-	if (s->draining && !s->closing && !s->close_after_flush && !s->starttls &&
-	    (!s->tls || s->tls_ready) && smtp_idle(s->smtp))
+	if (s->stopping && session_talking(s) && smtp_idle(s->smtp))
 		smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
-	if (s->closing)
+	if (s->phase == SESSION_CLOSING)
 		return;
 	session_trim(s);
 	bool want = session_can_read(s);
@@ -620,6 +600,9 @@ struct session *session_new(uv_loop_t *loop, struct generation *gen,
 	s->tcp.data = s;
 	s->timer.data = s;
 	s->handles = 2;
+	s->phase = SESSION_PLAIN;
+	outq_init(&s->outq, (uv_stream_t *)&s->tcp, SESSION_OUT_HIGH, SESSION_OUT_LOW,
+	          &session_outq_cbs, s);
 	return s;
 }
 
@@ -657,9 +640,9 @@ static void session_peer(struct session *s)
 static void session_greet_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
-	if (!s->pregreet)
+	if (s->phase != SESSION_PREGREET)
 		return;
-	s->pregreet = false;
+	session_enter(s, SESSION_PLAIN);
 	smtp_greet(s->smtp);
 	session_client_line(s);
 	session_process(s);
@@ -689,7 +672,7 @@ void session_start(struct session *s, const char *refuse)
 		return;
 	}
 	if (s->cfg->greeting_delay_ms) {
-		s->pregreet = true;
+		session_enter(s, SESSION_PREGREET);
 		uv_timer_start(&s->timer, session_greet_cb, s->cfg->greeting_delay_ms, 0);
 		if (uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
 			s->reading = true;
@@ -702,18 +685,18 @@ void session_start(struct session *s, const char *refuse)
 
 void session_shutdown(struct session *s)
 {
-	if (s->closing || !s->smtp)
+	if (s->phase == SESSION_CLOSING || !s->smtp)
 		return;
-	s->draining = true;
+	s->stopping = true;
 	session_process(s);
 }
 
 void session_shutdown_now(struct session *s)
 {
-	if (s->closing || !s->smtp)
+	if (s->phase == SESSION_CLOSING || !s->smtp)
 		return;
-	s->draining = true;
-	if (s->tls && !s->tls_ready) {
+	s->stopping = true;
+	if (s->phase == SESSION_HANDSHAKE) {
 		session_close(s, "shutdown during tls handshake");
 		return;
 	}
@@ -723,7 +706,7 @@ void session_shutdown_now(struct session *s)
 	smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
 	/* A client that reads nothing must not hold the stop up. */
-	if (!s->closing && s->unsent)
+	if (s->phase != SESSION_CLOSING && s->outq.pending)
 		session_close(s, "shutdown");
 }
 
@@ -734,8 +717,8 @@ static void session_handle_closed_cb(uv_handle_t *h)
 		return;
 	smtp_free(s->smtp);
 	free(s->in);
-	free(s->out);
-	free(s->cout);
+	growbuf_free(&s->out);
+	growbuf_free(&s->cout);
 	/* GnuTLS holds pointers to the credentials until gnutls_deinit. */
 	tls_free(s->tls);
 	generation_unref(s->gen);
@@ -745,9 +728,10 @@ static void session_handle_closed_cb(uv_handle_t *h)
 
 void session_close(struct session *s, const char *reason)
 {
-	if (s->closing)
+	if (s->phase == SESSION_CLOSING)
 		return;
-	s->closing = true;
+	session_enter(s, SESSION_CLOSING);
+	outq_close(&s->outq);
 	uint64_t ms = session_now_ms(s->loop) - s->started_ms;
 	log_info("sess=%s event=disconnect client=%s reason=\"%s\" duration=%llu.%03llus commands=%u",
 	         s->id, s->client_ip, reason ? reason : "", (unsigned long long)(ms / 1000),
