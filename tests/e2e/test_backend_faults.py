@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from lib import (HOSTNAME, attempt_delivery, closed_port_address, dot_stuff, smtp_session,
-                 wait_until)
+from procs import HOSTNAME
+from smtpclient import attempt_delivery, dot_stuff, smtp_session
+from waits import closed_port_address, wait_until
 
 BODY = b"Subject: fault test\r\n\r\nsome text\r\n"
 TWO = ["r1@dest.example", "r2@dest.example"]

@@ -7,7 +7,8 @@ against a real Dovecot are in test_backend_pool.py."""
 import re
 import time
 
-from lib import attempt_delivery, closed_port_address, smtp_session, wait_until
+from smtpclient import attempt_delivery, smtp_session
+from waits import closed_port_address, wait_until
 
 SMALL = b"Subject: pool\r\n\r\nbody\r\n"
 

@@ -7,9 +7,9 @@ import re
 import smtplib
 import subprocess
 
-from lib import (HOSTNAME, SmtpClient, attempt_delivery, dot_stuff, lf, smtp_session,
-                 split_stored, wait_until)
-
+from dovecotlmtp import lf, split_stored
+from procs import HOSTNAME
+from smtpclient import SmtpClient, attempt_delivery, dot_stuff, smtp_session
 
 
 # A message exercising what must survive untouched: 8-bit text, trailing white

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from lib import attempt_delivery, free_port, smtp_session, wait_until
+from smtpclient import attempt_delivery, smtp_session
+from waits import free_port, wait_until
 
 BODY = b"Subject: backend fault\r\n\r\n" + b"a line of text to make it long enough\r\n" * 8000
 BACKOFF_MAX = 10.0   # the pool's longest wait between two tries of a dead backend

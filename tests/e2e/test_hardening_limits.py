@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from lib import (ConnectionClosed, SmtpClient, rss_kb, sanitized_build, smtp_session,
-                 tcp_queues, wait_until)
+from procs import rss_kb, sanitized_build, tcp_queues
+from smtpclient import ConnectionClosed, SmtpClient, smtp_session
+from waits import wait_until
 
 SANITIZED = sanitized_build()
 # Memory a session may add at most, whatever the client does (DESIGN.md,

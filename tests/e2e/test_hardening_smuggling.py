@@ -11,7 +11,9 @@ import re
 
 import pytest
 
-from lib import HOSTNAME, lf, smtp_session, split_stored
+from dovecotlmtp import lf, split_stored
+from procs import HOSTNAME
+from smtpclient import smtp_session
 
 FIRST = b"From: <sender@client.example>\r\nSubject: first\r\n\r\nhello"
 SMUGGLED = (b"MAIL FROM:<evil@x.example>\r\n"

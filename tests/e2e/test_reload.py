@@ -13,10 +13,12 @@ from collections import Counter
 
 import pytest
 
-from lib import (HOSTNAME, SmtpClient, dot_stuff, free_port, lf, mxfront_config, refuses,
-                 wait_until, write_config)
-from svclib import (assert_served, field_of, hup, hup_ok, install_cert, make_cert,
-                    served_cert, tls_session)
+from certs import install_cert, make_cert
+from dovecotlmtp import lf
+from procs import HOSTNAME, field_of, hup, hup_ok, mxfront_config, write_config
+from smtpclient import SmtpClient, dot_stuff
+from tlsclients import assert_served, served_cert, tls_session
+from waits import free_port, refuses, wait_until
 
 DEFAULT_NAME = HOSTNAME  # the default certificate serves [server] hostname
 
@@ -58,7 +60,7 @@ def tls_overrides(certs, **tls):
 
 def rewrite_config(mx, sections):
     """Replaces mx's configuration file atomically; returns the line numbers
-    of its keys (see lib.write_config)."""
+    of its keys (see procs.write_config)."""
     tmp = mx.conf.with_name(".mxfront.conf.new")
     where = write_config(tmp, sections)
     os.replace(tmp, mx.conf)

@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-import lib
+import smtpclient
 import tlsclients
-from lib import SmtpClient, dot_stuff, lf, split_stored
+import waits
+from dovecotlmtp import lf, split_stored
+from smtpclient import SmtpClient, dot_stuff
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def tls_conf(certs_dir, **tls):
 
 
 def open_session(m, helo="client.example"):
-    c, hello = lib.smtp_session(m, helo=helo)
+    c, hello = smtpclient.smtp_session(m, helo=helo)
     assert hello.code == 250, hello
     return c, hello
 
@@ -111,9 +113,9 @@ def test_bytes_pipelined_after_starttls_are_discarded(mxfront, fake_backend, cer
         c.send(dot_stuff(b"Subject: after starttls\r\n\r\nhello\r\n") + b".\r\n")
         assert c.read_reply().code == 250
     m.wait_log(rf"event=starttls_discard bytes={len(injected)}\b")
-    conn = lib.wait_until(lambda: fb.used, 5.0, "a transaction at the backend")[0]
-    lib.wait_until(lambda: any(cmd.startswith("MAIL") for cmd in conn.commands), 5.0,
-                   "the MAIL at the backend")
+    conn = waits.wait_until(lambda: fb.used, 5.0, "a transaction at the backend")[0]
+    waits.wait_until(lambda: any(cmd.startswith("MAIL") for cmd in conn.commands), 5.0,
+                     "the MAIL at the backend")
     every = b"".join(bytes(x.received) for x in fb.connections)
     assert b"evil@x" not in every, f"the injected MAIL reached the backend: {every!r}"
 
@@ -137,8 +139,8 @@ def test_require_tls_refuses_mail_before_starttls(mxfront, fake_backend, certs_d
         assert c.cmd("DATA").code == 354
         c.send(b"Subject: required\r\n\r\nx\r\n.\r\n")
         assert c.read_reply().code == 250
-    lib.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
-                   "one message at the backend")
+    waits.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
+                     "one message at the backend")
 
 
 def test_require_tls_with_swaks(mxfront, fake_backend, certs_dir):
@@ -155,8 +157,8 @@ def test_require_tls_with_swaks(mxfront, fake_backend, certs_dir):
                            text=True, timeout=20)
     assert p.returncode == 0, p.stdout + p.stderr
     assert re.search(r"<~  250 ", p.stdout.split("~> .")[-1]), p.stdout
-    lib.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
-                   "one message at the backend")
+    waits.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
+                     "one message at the backend")
 
 
 # ---------------------------------------------------------------------------
