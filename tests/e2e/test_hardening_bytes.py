@@ -11,7 +11,7 @@ import pytest
 
 from certs import install_cert, make_cert
 from procs import HOSTNAME, rss_kb, sanitized_build
-from smtpclient import SmtpClient, smtp_session
+from smtpclient import SmtpClient, open_transaction, smtp_session
 from waits import wait_until
 
 SANITIZED = sanitized_build()
@@ -60,9 +60,7 @@ def test_nul_in_commands_500_and_session_goes_on(mxfront, fake_backend):
 
 
 def send_message(c, body, rcpt="alice@dest.example"):
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-    assert c.cmd("DATA").code == 354
+    open_transaction(c, rcpt)
     c.send(body + b".\r\n")
     return c.read_reply()
 
@@ -363,9 +361,7 @@ def test_tls_alert_mid_data_drops_the_message(mxfront, fake_backend, certs_dir, 
     c.sock = ctx.wrap_socket(c.sock, server_hostname=HOSTNAME)
     with c:
         assert c.cmd("EHLO client.example").code == 250
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c)
         # Longer than what mxfront holds: it is streamed to the backend.
         c.send(b"Subject: tls cut\r\n\r\n" + b"some text\r\n" * 6000)
         [conn] = wait_until(lambda: fb.used, 5.0, "a transaction at the backend")

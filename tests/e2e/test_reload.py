@@ -16,7 +16,7 @@ import pytest
 from certs import install_cert, make_cert
 from dovecotlmtp import lf
 from procs import HOSTNAME, field_of, hup, hup_ok, mxfront_config, write_config
-from smtpclient import SmtpClient, dot_stuff
+from smtpclient import SmtpClient, dot_stuff, open_transaction
 from tlsclients import assert_served, served_cert, tls_session
 from waits import free_port, refuses, wait_until
 
@@ -101,9 +101,7 @@ def test_replaced_certificate_reaches_new_connections_while_a_tls_session_mid_da
     c = tls_session(mx.port, "mx.a.example")
     with c:
         assert c.sock.getpeercert(binary_form=True) == a1.der
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c)
         c.send(wire[:half])
 
         certs.install("a", a2)
@@ -335,9 +333,7 @@ def test_listeners_opened_and_closed_on_reload(mxfront, fake_backend):
         wait_until(lambda: refuses(first), 3, f"port {first} to refuse after its listener was removed")
         assert greets(second)
         assert old.cmd("NOOP").code == 250
-        assert old.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert old.cmd("RCPT TO:<r@dest.example>").code == 250
-        assert old.cmd("DATA").code == 354
+        open_transaction(old, "r@dest.example", sender="s@client.example")
         old.send(b"Subject: on a closed listener\r\n\r\nbody\r\n.\r\n")
         assert old.read_reply().code == 250
         assert old.cmd("QUIT").code == 221

@@ -14,7 +14,7 @@ import smtpclient
 import tlsclients
 import waits
 from dovecotlmtp import lf, split_stored
-from smtpclient import SmtpClient, dot_stuff
+from smtpclient import SmtpClient, dot_stuff, open_transaction
 
 
 @pytest.fixture
@@ -107,9 +107,7 @@ def test_bytes_pipelined_after_starttls_are_discarded(mxfront, fake_backend, cer
         # the injected MAIL did not open a transaction
         r = c.cmd("RCPT TO:<alice@test.example>")
         assert r.code == 503, f"RCPT right after EHLO (injected MAIL in effect?): {r}"
-        assert c.cmd("MAIL FROM:<good@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="good@client.example")
         c.send(dot_stuff(b"Subject: after starttls\r\n\r\nhello\r\n") + b".\r\n")
         assert c.read_reply().code == 250
     m.wait_log(rf"event=starttls_discard bytes={len(injected)}\b")
@@ -134,9 +132,7 @@ def test_require_tls_refuses_mail_before_starttls(mxfront, fake_backend, certs_d
         assert c.cmd("NOOP").code == 250
         tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
         assert c.cmd("EHLO client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="s@client.example")
         c.send(b"Subject: required\r\n\r\nx\r\n.\r\n")
         assert c.read_reply().code == 250
     waits.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
@@ -210,9 +206,7 @@ def test_handshake_timeout_and_garbage_end_only_their_sessions(
         with c:
             tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
             assert c.cmd("EHLO normal.example").code == 250
-            assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-            assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-            assert c.cmd("DATA").code == 354
+            open_transaction(c, "alice@test.example", sender="s@client.example")
             c.send(b"Subject: normal\r\n\r\nx\r\n.\r\n")
             assert c.read_reply().code == 250
             assert c.cmd("QUIT").code == 221
@@ -321,9 +315,7 @@ def test_message_over_starttls_arrives_in_dovecot_with_esmtps_header(
         tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
         py_cipher = c.sock.cipher()[0]
         assert c.cmd("EHLO tls.client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="s@client.example")
         c.send(dot_stuff(body) + b".\r\n")
         assert c.read_reply().code == 250
         c.cmd("QUIT")
@@ -353,9 +345,7 @@ def test_message_over_starttls_arrives_in_dovecot_with_esmtps_header(
         tlsclients.python_starttls(c, sni=None, ca=pki.ca_file)
         assert c.sock.getpeercert(binary_form=True) == pki.leaves["default"].der
         assert c.cmd("EHLO nosni.client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<carol@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "carol@test.example", sender="s@client.example")
         c.send(b"Subject: no sni\r\n\r\nhello carol\r\n.\r\n")
         assert c.read_reply().code == 250
     stored = dovecot.wait_messages("carol", 1)[0]
