@@ -1,6 +1,7 @@
-/* iplimit: per-client-address connection counting for one event loop:
- * concurrent connections and connections per minute. Pure bookkeeping, no
- * I/O: the listener asks before it starts a session and tells when it ends. */
+/* iplimit: per-client-address connection counting: concurrent connections
+ * and connections per minute. Pure bookkeeping, no I/O and no lock: the
+ * listener asks before it starts a session and tells when it ends, holding
+ * the lock of the table its loops share. */
 #ifndef MXFRONT_IPLIMIT_H
 #define MXFRONT_IPLIMIT_H
 

@@ -9,9 +9,15 @@ certificate it was served names the directory it came from. Each leaf also
 has its own serial number, and tests compare the exact DER they were served.
 
 The set (Pki.LEAVES) and the broken entries (Pki.BROKEN) are described there;
-Pki.install() copies a selection into a certs.d/ of a test's own."""
+Pki.install() copies a selection into a certs.d/ of a test's own.
+
+Tests that need one certificate of their own (a reload swapping it, a deploy
+hook installing it) make a self-signed one with make_cert (openssl: a serial
+number of the test's choice, any DNS or IP names) or make_expired_cert, and
+put it in place with install_cert (each file replaced atomically)."""
 import datetime
 import hashlib
+import os
 import shutil
 import ssl
 import subprocess
@@ -201,3 +207,103 @@ class Pki:
         if der is None:
             return "(no certificate)"
         return f"(unknown certificate sha256={hashlib.sha256(der).hexdigest()[:16]})"
+
+
+# --------------------------------------------------------------------------
+# single self-signed certificates (reload, service and check tests)
+
+@dataclass
+class Cert:
+    """One generated certificate: its PEM files and its DER encoding (what a
+    TLS client sees)."""
+    names: tuple
+    serial: int
+    fullchain: bytes
+    privkey: bytes
+    der: bytes
+
+    def describe(self):
+        return f"cert serial={self.serial:#x} names={','.join(self.names)}"
+
+
+def make_cert(scratch, names, serial, days=30, rsa=False, reuse_key=None):
+    """A self-signed ECDSA P-256 (or RSA-2048) certificate for names (first
+    one as CN; "IP:a.b.c.d" for an address), with a serial number of our
+    choice so that tests can tell certificates apart; REUSE_KEY (PEM bytes)
+    keeps a key instead of making one. scratch is a directory for openssl's
+    output files."""
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    key, crt = scratch / f".{serial:x}.key", scratch / f".{serial:x}.crt"
+    san = ",".join(n if n.startswith("IP:") else f"DNS:{n}" for n in names)
+    if reuse_key is not None:
+        key.write_bytes(reuse_key)
+        keyargs = ["-key", str(key)]
+    elif rsa:
+        keyargs = ["-newkey", "rsa:2048", "-keyout", str(key)]
+    else:
+        keyargs = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-keyout", str(key)]
+    p = subprocess.run(
+        ["openssl", "req", "-x509", *keyargs,
+         "-nodes", "-out", str(crt), "-days", str(days),
+         "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}",
+         "-set_serial", str(serial)],
+        capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    pem = crt.read_bytes()
+    cert = Cert(tuple(names), serial, pem, key.read_bytes(),
+                ssl.PEM_cert_to_DER_cert(pem.decode()))
+    key.unlink()
+    crt.unlink()
+    return cert
+
+
+def make_expired_cert(scratch, names, serial):
+    """Like make_cert, but valid only in January 2020 (openssl req cannot
+    make one in the past; certtool can)."""
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    key, crt, tmpl = (scratch / f".{serial:x}.{ext}" for ext in ("key", "crt", "tmpl"))
+    tmpl.write_text(f'cn = "{names[0]}"\n' + "".join(f'dns_name = "{n}"\n' for n in names) +
+                    f"serial = {serial}\n"
+                    'activation_date = "2020-01-01 00:00:00"\n'
+                    'expiration_date = "2020-02-01 00:00:00"\n'
+                    "tls_www_server\n")
+    for args in (["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                  "ec_paramgen_curve:P-256", "-out", str(key)],
+                 ["certtool", "--generate-self-signed", "--no-text", "--load-privkey", str(key),
+                  "--template", str(tmpl), "--outfile", str(crt)]):
+        p = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        assert p.returncode == 0, f"{args[0]}: {p.stderr}"
+    pem = crt.read_bytes()
+    cert = Cert(tuple(names), serial, pem, key.read_bytes(),
+                ssl.PEM_cert_to_DER_cert(pem.decode()))
+    for f in (key, crt, tmpl):
+        f.unlink()
+    return cert
+
+
+def write_atomic(path, data, mode=0o644):
+    """Writes data to path through a hidden temporary file and a rename, so a
+    reader (mxfront reloading) sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def install_cert(certs_dir, label, cert, fullchain=None, privkey=None):
+    """Puts cert into certs_dir/label/ (created if needed), each file replaced
+    atomically; fullchain/privkey override the bytes written (broken files)."""
+    d = Path(certs_dir) / label
+    d.mkdir(parents=True, exist_ok=True)
+    write_atomic(d / "privkey.pem", cert.privkey if privkey is None else privkey, 0o600)
+    write_atomic(d / "fullchain.pem", cert.fullchain if fullchain is None else fullchain)
+
+
+def describe_der(der, known):
+    for c in known:
+        if c.der == der:
+            return c.describe()
+    return f"an unknown certificate ({len(der)} bytes)"

@@ -5,7 +5,7 @@ dovecot       a private Dovecot LMTP (users alice, bob, carol) in the test's tmp
 mxfront       factory: mxfront(target, server={...}, backend={...}, timeouts={...})
               (target: the dovecot or a fake_backend fixture value, or "host:port";
               nofile=N or (soft, hard): the daemon's RLIMIT_NOFILE)
-fake_backend  factory: fake_backend(**script), a scripted LMTP server (see lib.FakeLmtp)
+fake_backend  factory: fake_backend(**script), a scripted LMTP server (see fakelmtp.FakeLmtp)
 pki           (session) generated CA, intermediate and leaf certificates (see certs.Pki)
 
 Logs of everything a test started are attached to the report of a failed test
@@ -17,7 +17,9 @@ import time
 
 import pytest
 
-import lib
+import dovecotlmtp
+import fakelmtp
+import procs
 
 DOVECOT_GRACE = 3.0
 
@@ -43,8 +45,8 @@ def _attach_log(request, title, read):
 
 
 def pytest_configure(config):
-    if not os.path.exists(lib.MXFRONT_BIN):
-        raise pytest.UsageError(f"mxfront binary not found: {lib.MXFRONT_BIN} "
+    if not os.path.exists(procs.MXFRONT_BIN):
+        raise pytest.UsageError(f"mxfront binary not found: {procs.MXFRONT_BIN} "
                                 "(build it, or set MXFRONT_BIN)")
 
 
@@ -67,15 +69,15 @@ def _dovecot_reaper():
                 os.killpg(dv.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            dv.proc.wait(timeout=lib.STOP_DEADLINE)
+            dv.proc.wait(timeout=procs.STOP_DEADLINE)
         dv.cleanup()
 
 
 @pytest.fixture
 def dovecot(tmp_path, request, _dovecot_reaper):
     """Settings of its `service lmtp` may be given by indirect
-    parametrization: parametrize("dovecot", [lib.STOCK_LMTP_LIMITS], indirect=True)."""
-    dv = lib.Dovecot(tmp_path / "dovecot", lmtp_service=getattr(request, "param", None))
+    parametrization: parametrize("dovecot", [dovecotlmtp.STOCK_LMTP_LIMITS], indirect=True)."""
+    dv = dovecotlmtp.Dovecot(tmp_path / "dovecot", lmtp_service=getattr(request, "param", None))
     _attach_log(request, "dovecot log", dv.log)
     yield dv
     dv.terminate()
@@ -93,7 +95,7 @@ def mxfront(tmp_path, request):
     def start(target, nofile=None, **overrides):
         address = target if isinstance(target, str) else target.address
         workdir = tmp_path / f"mxfront{len(started) or ''}"
-        m = lib.Mxfront(workdir, lib.mxfront_config(address, overrides), nofile=nofile)
+        m = procs.Mxfront(workdir, procs.mxfront_config(address, overrides), nofile=nofile)
         started.append(m)
         _attach_log(request, f"mxfront log ({workdir.name}, pid {m.pid})", m.log)
         return m
@@ -103,10 +105,10 @@ def mxfront(tmp_path, request):
     for m in started:
         code = m.stop()
         if m.killed:
-            problems.append(f"mxfront pid {m.pid} ignored SIGTERM for {lib.STOP_DEADLINE}s")
+            problems.append(f"mxfront pid {m.pid} ignored SIGTERM for {procs.STOP_DEADLINE}s")
         elif code != 0:
             problems.append(f"mxfront pid {m.pid} exited with {code} after SIGTERM")
-        found = lib.sanitizer_report(m.log())
+        found = procs.sanitizer_report(m.log())
         if found:
             problems.append(f"mxfront pid {m.pid}: sanitizer report {found}")
     assert not problems, "; ".join(problems)
@@ -123,7 +125,7 @@ def fake_backend(request):
     made = []
 
     def make(**script):
-        fb = lib.FakeLmtp(**script)
+        fb = fakelmtp.FakeLmtp(**script)
         made.append(fb)
 
         def describe(fb=fb):

@@ -21,7 +21,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lib
+import procs
+import waits
 
 END_RX = re.compile(rb"^X-Ledger-End: ([0-9a-f-]{36}) lines=(\d+) sha256=([0-9a-f]{64})$")
 LEDGER_RX = re.compile(rb"^X-Ledger: ([0-9a-f-]{36})$", re.M)
@@ -312,7 +313,7 @@ def _age(pid):
 
 def _group(pgid):
     """PIDs of the live (not zombie) processes in process group pgid."""
-    return [pid for pid, _, fields in lib.proc_stats()
+    return [pid for pid, _, fields in procs.proc_stats()
             if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
@@ -356,7 +357,7 @@ def backend_connections(port):
 
 
 class DovecotChaos:
-    """SIGKILLs parts of a running lib.Dovecot and brings it back on the same
+    """SIGKILLs parts of a running dovecotlmtp.Dovecot and brings it back on the same
     port with the same config. Replaces dv.proc on restart, so the fixture's
     teardown stops the instance that is running at the end."""
 
@@ -387,12 +388,12 @@ class DovecotChaos:
 
     def kill_all(self):
         """SIGKILL the master and its children (a graceful stop takes
-        seconds): the process group the master leads (lib.Dovecot starts it
+        seconds): the process group the master leads (dovecotlmtp.Dovecot starts it
         in a new session; its children stay in the group), then each child
         by PID; waits until none is left and the port is free."""
         master = self.dv.proc
         self.down_since = time.monotonic()
-        children = [pid for pid, _ in lib.children(master.pid)]
+        children = [pid for pid, _ in procs.children(master.pid)]
         try:
             os.killpg(master.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -402,11 +403,11 @@ class DovecotChaos:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        master.wait(timeout=lib.STOP_DEADLINE)
-        lib.wait_until(lambda: all(_gone(p) for p in children) and not _group(master.pid),
-                       lib.STOP_DEADLINE, "Dovecot's processes to die")
-        lib.wait_until(lambda: port_free(self.dv.port), lib.STOP_DEADLINE,
-                       f"port {self.dv.port} to be free")
+        master.wait(timeout=procs.STOP_DEADLINE)
+        waits.wait_until(lambda: all(_gone(p) for p in children) and not _group(master.pid),
+                         procs.STOP_DEADLINE, "Dovecot's processes to die")
+        waits.wait_until(lambda: port_free(self.dv.port), procs.STOP_DEADLINE,
+                         f"port {self.dv.port} to be free")
         self.counts["whole Dovecot killed"] += 1
 
     def clear_stale_locks(self, users, max_age=2.0):
@@ -427,7 +428,7 @@ class DovecotChaos:
                 pass
 
     def start(self):
-        """Starts Dovecot again on its port, as lib.Dovecot does; waits until
+        """Starts Dovecot again on its port, as dovecotlmtp.Dovecot does; waits until
         it answers LMTP."""
         out = open(self.dv.stdout_path, "ab")
         proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.dv.conf)],
@@ -435,8 +436,8 @@ class DovecotChaos:
                                 start_new_session=True)
         out.close()
         self.dv.proc = proc
-        lib.wait_until(lambda: proc.poll() is not None or lmtp_greets(self.dv.port),
-                       lib.START_DEADLINE, "Dovecot to greet again")
+        waits.wait_until(lambda: proc.poll() is not None or lmtp_greets(self.dv.port),
+                         procs.START_DEADLINE, "Dovecot to greet again")
         if proc.poll() is not None:
             raise AssertionError(f"Dovecot exited with {proc.returncode} on restart:\n"
                                  f"{self.dv.log()[-3000:]}")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import lib
+import procs
 import tlsclients
-from lib import REPO, free_port, wait_until
-from svclib import NOGROUP, install_cert, make_cert, reload_lines
+from certs import install_cert, make_cert
+from procs import NOGROUP, REPO, reload_lines
+from waits import free_port, wait_until
 
 HOOK = REPO / "contrib" / "deploy-hook"
 
@@ -37,11 +38,9 @@ class Pebble:
         self.dir.mkdir(parents=True)
         self.tls_cert = self.dir / "https.pem"
         key = self.dir / "https.key"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
-                        str(self.tls_cert), "-days", "2", "-subj", "/CN=localhost", "-addext",
-                        "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=20)
+        https = make_cert(self.dir, ["localhost", "IP:127.0.0.1"], 1, days=2)
+        self.tls_cert.write_bytes(https.fullchain)
+        key.write_bytes(https.privkey)
         self.port, self.mgmt = free_port(), free_port()
         conf = self.dir / "pebble.json"
         conf.write_text(json.dumps({"pebble": {
@@ -101,7 +100,7 @@ class Acme:
                     if not k.startswith(("RENEWED_", "MXFRONT_"))}
         self.env.update({"REQUESTS_CA_BUNDLE": str(pebble.tls_cert),
                          "MXFRONT_CERTS_DIR": str(certs), "MXFRONT_CONFIG": str(mx.conf),
-                         "MXFRONT_BIN": lib.MXFRONT_BIN, "MXFRONT_GROUP": NOGROUP,
+                         "MXFRONT_BIN": procs.MXFRONT_BIN, "MXFRONT_GROUP": NOGROUP,
                          "MXFRONT_PIDFILE": str(self.pidfile),
                          "MXFRONT_ALLOW": str(tmp_path / "deploy-hook.allow")})
 
@@ -159,7 +158,7 @@ def served(mx, sni, extra=()):
 @pytest.fixture
 def acme(tmp_path, pebble, mxfront, fake_backend):
     certs = tmp_path / "certs.d"
-    install_cert(certs, "default", make_cert(tmp_path / "scratch", [lib.HOSTNAME], 0x601))
+    install_cert(certs, "default", make_cert(tmp_path / "scratch", [procs.HOSTNAME], 0x601))
     mx = mxfront(fake_backend(), server={"group": NOGROUP}, tls={"certs_dir": str(certs)})
     return Acme(tmp_path, pebble, mx, certs)
 
@@ -188,7 +187,7 @@ def test_certbot_issues_and_renews_through_the_deploy_hook(acme):
     assert served(acme.mx, "mx.a.example", ECDSA_ONLY) == a2
     assert served(acme.mx, "mx.a.example", RSA_ONLY) == a_rsa2
     assert served(acme.mx, "mx.b.example") == b2
-    p = lib.run_mxfront("-t", "-c", str(acme.mx.conf))
+    p = procs.run_mxfront("-t", "-c", str(acme.mx.conf))
     assert p.returncode == 0, p.stderr
     live = sorted(e.name for e in acme.certs.iterdir() if not e.name.startswith("."))
     assert live == ["default", "mx.a.example", "mx.a.example-rsa", "mx.b.example"], live
@@ -198,8 +197,8 @@ def test_certbot_issues_and_renews_through_the_deploy_hook(acme):
     # mxfront check: the pebble-issued chains verify against pebble's root
     root = acme.tmp / "pebble-root.pem"
     root.write_bytes(acme.pebble.root())
-    p = lib.run_mxfront("check", "-c", str(acme.mx.conf), "--ca", str(root), "--days", "7",
-                        "a.example:mx.a.example", "b.example:mx.b.example,mx2.b.example")
+    p = procs.run_mxfront("check", "-c", str(acme.mx.conf), "--ca", str(root), "--days", "7",
+                          "a.example:mx.a.example", "b.example:mx.b.example,mx2.b.example")
     assert p.returncode == 0 and "FAIL" not in p.stdout, (p.returncode, p.stdout, p.stderr)
     assert p.stdout.count("chain verifies") == 4, p.stdout  # a: ECDSA and RSA; b: two names
     assert time.monotonic() - t0 < 60

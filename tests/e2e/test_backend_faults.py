@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from lib import (HOSTNAME, attempt_delivery, closed_port_address, dot_stuff, smtp_session,
-                 wait_until)
+from procs import HOSTNAME
+from smtpclient import attempt_delivery, dot_stuff, open_transaction, smtp_session
+from waits import closed_port_address, wait_until
 
 BODY = b"Subject: fault test\r\n\r\nsome text\r\n"
 TWO = ["r1@dest.example", "r2@dest.example"]
@@ -146,9 +147,7 @@ def test_xclient_per_transaction_on_a_shared_connection(mxfront, fake_backend):
         c, _ = smtp_session(mx, helo=helo, source=source)
         with c:
             for _ in range(messages):
-                assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-                assert c.cmd("RCPT TO:<r1@dest.example>").code == 250
-                assert c.cmd("DATA").code == 354
+                open_transaction(c, "r1@dest.example")
                 c.send(b"Subject: shared\r\n\r\nbody\r\n.\r\n")
                 assert c.read_reply().code == 250
     [conn] = fb.used
@@ -186,10 +185,7 @@ def test_client_dropping_mid_data_never_sends_the_final_dot(mxfront, fake_backen
     (never RSET-and-keep there)."""
     fb = fake_backend()
     mx = mxfront(fb)
-    c, _ = smtp_session(mx)
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd("RCPT TO:<r1@dest.example>").code == 250
-    assert c.cmd("DATA").code == 354
+    c = open_transaction(mx, "r1@dest.example")
     # Ends with CRLF: all mxfront would need to add is ".\r\n".
     c.send(b"Subject: cut\r\n\r\n" + b"partial line of text\r\n" * lines)
     if lines > 50:
@@ -212,11 +208,8 @@ def test_client_dropping_mid_data_never_sends_the_final_dot(mxfront, fake_backen
 def test_client_stalling_in_data_times_out(mxfront, fake_backend):
     fb = fake_backend()
     mx = mxfront(fb, timeouts={"data": "1s"})
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx, "r1@dest.example")
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<r1@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         c.send(b"Subject: stall\r\n\r\nand then nothing\r\n")
         c.sock.settimeout(6.0)
         r = c.read_reply()

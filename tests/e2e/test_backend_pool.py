@@ -38,9 +38,14 @@ import time
 
 import pytest
 
-import lib
-from lib import HOSTNAME, attempt_delivery, wait_until
+import dovecotlmtp
+import procs
+import smtpclient
+from dovecotlmtp import split_stored
+from procs import HOSTNAME
+from smtpclient import attempt_delivery
 from tlsclients import client_context
+from waits import wait_until
 
 MAX_CONNECTIONS = 20
 POOL_KEYS = {
@@ -56,7 +61,7 @@ SETTLE = 30.0               # for every flood client to reach its sitting state
 OPENING = 100               # flood clients connecting at once (accept backlog)
 DESCRIPTORS = 20000         # soft RLIMIT_NOFILE wanted (at most the hard limit)
 
-pytestmark = pytest.mark.parametrize("dovecot", [lib.STOCK_LMTP_LIMITS], indirect=True,
+pytestmark = pytest.mark.parametrize("dovecot", [dovecotlmtp.STOCK_LMTP_LIMITS], indirect=True,
                                      ids=["stock-lmtp-limits"])
 
 
@@ -103,9 +108,9 @@ def take_reply(buf):
         pos = end + 2
         lines.append(line)
         if not re.match(r"\d{3}([ -]|$)", line):
-            return lib.Reply(0, lines), buf[pos:]      # garbage: code 0 never matches
+            return smtpclient.Reply(0, lines), buf[pos:]      # garbage: code 0 never matches
         if len(line) == 3 or line[3] == " ":
-            return lib.Reply(int(line[:3]), lines), buf[pos:]
+            return smtpclient.Reply(int(line[:3]), lines), buf[pos:]
 
 
 def ehlo_script(i):
@@ -387,7 +392,7 @@ class LmtpSampler:
 
     def sample(self):
         self.samples.append((time.monotonic() - self.started, len(self.dovecot.lmtp_pids()),
-                             lib.tcp_established(self.dovecot.port)))
+                             procs.tcp_established(self.dovecot.port)))
 
     def run(self):
         while not self.stop.wait(self.every):
@@ -436,7 +441,7 @@ def legit_backend_log(mx):
 def legit_deliveries(mx, tag):
     """One message a second to alice from 127.0.0.1, each in a new session;
     stops at the first that is not delivered. Returns [(subject,
-    message-id, lib.Attempt)], each Attempt with .began (seconds after the
+    message-id, smtpclient.Attempt)], each Attempt with .began (seconds after the
     first) and .took (its duration)."""
     results = []
     start = time.monotonic()
@@ -500,7 +505,7 @@ def check_flood(name, mx, dovecot, flood, sampler, count):
                 continue
             # A pooled connection that served a flood client must not lend
             # that client's XCLIENT identity to this message.
-            above = lib.split_stored(hits[0], helo="legit.example").above
+            above = split_stored(hits[0], helo="legit.example").above
             theirs = [b for name, b in above if name.lower() == "received"]
             if not (len(theirs) == 1 and
                     theirs[0].startswith(b"Received: from legit.example ([127.0.0.1])")):

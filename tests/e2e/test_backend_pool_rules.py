@@ -7,7 +7,8 @@ against a real Dovecot are in test_backend_pool.py."""
 import re
 import time
 
-from lib import attempt_delivery, closed_port_address, smtp_session, wait_until
+from smtpclient import attempt_delivery, open_transaction, smtp_session
+from waits import closed_port_address, wait_until
 
 SMALL = b"Subject: pool\r\n\r\nbody\r\n"
 
@@ -85,11 +86,9 @@ def test_busy_pool_queues_then_451_4_3_2(mxfront, fake_backend):
     ends, the next client is served by that same connection."""
     fb = fake_backend()
     mx = ready(mxfront, fb, backend={"max_connections": "1", "queue_timeout": "1s"})
-    holder, _ = smtp_session(mx, helo="holder.example")
+    holder = open_transaction(mx, "r1@dest.example", sender="a@client.example",
+                              helo="holder.example")
     with holder:
-        assert holder.cmd("MAIL FROM:<a@client.example>").code == 250
-        assert holder.cmd("RCPT TO:<r1@dest.example>").code == 250
-        assert holder.cmd("DATA").code == 354
         holder.send(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 1 + b"line\r\n" * 12000)
         wait_until(lambda: b"line\r\n" in bytes(fb.connections[0].received), 5.0, "streaming")
         c, _ = smtp_session(mx)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from lib import mxfront_config, run_mxfront, write_config
-from svclib import make_cert
+from certs import make_cert
+from procs import mxfront_config, run_mxfront, write_config
 
 POLICY = "version: STSv1\r\nmode: enforce\r\n{mx}max_age: 86400\r\n"
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-import lib
-from lib import REPO, mxfront_config, run_mxfront, write_config
+import procs
+from procs import REPO, mxfront_config, run_mxfront, write_config
 
 
 def check(path):
@@ -23,7 +23,7 @@ def as_service_user(tmp_path):
         return []
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) not installed")
-    lib.make_traversable(tmp_path)
+    procs.make_traversable(tmp_path)
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
             "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
 
@@ -42,7 +42,7 @@ def test_shipped_example_config_is_valid(tmp_path):
         text = re.sub(r"^user = mxfront$", "user = nobody", text, flags=re.M)
     conf.write_text(text)
     (tmp_path / "certs.d").mkdir()
-    p = subprocess.run([*as_service_user(tmp_path), lib.MXFRONT_BIN, "-t", "-c", str(conf)],
+    p = subprocess.run([*as_service_user(tmp_path), procs.MXFRONT_BIN, "-t", "-c", str(conf)],
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 3, (p.returncode, p.stderr)
     assert "no usable certificate" in p.stderr and "configuration ok" in p.stderr, p.stderr
@@ -180,7 +180,7 @@ def t_config(tmp_path, server=None, tls=None, backend="127.0.0.1:24"):
 def start(conf, extra=()):
     """Starts the daemon itself on CONF; returns (exit code, stderr) if it
     stopped within a few seconds, or None if it is running (then stopped)."""
-    proc = subprocess.Popen([lib.MXFRONT_BIN, "-c", str(conf), *extra], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([procs.MXFRONT_BIN, "-c", str(conf), *extra], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=3)
@@ -272,12 +272,12 @@ def test_t_fails_on_an_address_of_no_interface_here(tmp_path):
 @pytest.mark.parametrize("caps,ok", [(False, False), (True, True)],
                          ids=["no-capability", "cap_net_bind_service"])
 def test_t_says_a_privileged_port_needs_root_or_the_capability(tmp_path, caps, ok):
-    lib.make_traversable(tmp_path)
+    procs.make_traversable(tmp_path)
     conf, _ = t_config(tmp_path, {"listen": "127.0.0.1:25", "user": None})
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     prefix += (["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"] if caps
                else ["--inh-caps=-all"])
-    p = subprocess.run([*prefix, lib.MXFRONT_BIN, "-t", "-c", str(conf)], capture_output=True,
+    p = subprocess.run([*prefix, procs.MXFRONT_BIN, "-t", "-c", str(conf)], capture_output=True,
                        text=True, timeout=20)
     if ok:
         # nothing may listen on port 25 of 127.0.0.1 here; if something does, it is named

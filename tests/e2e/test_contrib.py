@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 
-import lib
-from lib import REPO, SmtpClient, mxfront_config, run_mxfront, wait_until, write_config
-from svclib import (NOBODY, NOGROUP, assert_served, field_of, hup_ok, install_cert, make_cert,
-                    make_expired_cert, make_readable_by, proc_ids, reload_lines)
+import procs
+from certs import install_cert, make_cert, make_expired_cert
+from procs import (NOBODY, NOGROUP, REPO, field_of, hup_ok, make_readable_by, mxfront_config,
+                   proc_ids, reload_lines, run_mxfront, write_config)
+from smtpclient import SmtpClient
+from tlsclients import assert_served
+from waits import wait_until
 
 UNIT = REPO / "contrib" / "mxfront.service"
 HOOK = REPO / "contrib" / "deploy-hook"
-DEFAULT_NAME = lib.HOSTNAME
+DEFAULT_NAME = procs.HOSTNAME
 NOBODY_ID = 65534
 CAP_NET_BIND_SERVICE = 1 << 10
 
@@ -57,7 +60,7 @@ def nobody_workdir(tmp_path, name="mxfront"):
     d = tmp_path / name
     d.mkdir()
     os.chown(d, NOBODY_ID, NOBODY_ID)
-    lib.make_traversable(d)
+    procs.make_traversable(d)
     return d
 
 
@@ -137,7 +140,7 @@ def setpriv_wrapper(tmp_path, caps=True):
     w = tmp_path / ("mxfront-as-nobody" + ("" if caps else "-nocap"))
     w.write_text("#!/bin/sh\n"
                  f"exec setpriv --reuid={NOBODY} --regid={NOGROUP} --clear-groups {capargs} "
-                 f"'{lib.MXFRONT_BIN}' \"$@\"\n")
+                 f"'{procs.MXFRONT_BIN}' \"$@\"\n")
     w.chmod(0o755)
     return w
 
@@ -147,7 +150,7 @@ def test_unprivileged_start_with_cap_net_bind_service(mxfront, fake_backend, tmp
                                                       monkeypatch):
     """How the systemd unit runs it: as an ordinary user holding only
     CAP_NET_BIND_SERVICE, with [server] user left empty."""
-    monkeypatch.setattr(lib, "MXFRONT_BIN", str(setpriv_wrapper(tmp_path)))
+    monkeypatch.setattr(procs, "MXFRONT_BIN", str(setpriv_wrapper(tmp_path)))
     nobody_workdir(tmp_path)
     port = privileged_port()
     mx = mxfront(fake_backend(), server={"user": "", "listen": f"127.0.0.1:{port}"})
@@ -166,7 +169,7 @@ def test_unprivileged_start_without_the_capability_cannot_bind_port_25_style_por
     port = privileged_port()
     wrapper = setpriv_wrapper(tmp_path, caps=False)
     conf = config_without_user(tmp_path, server={"listen": f"127.0.0.1:{port}"})
-    lib.make_traversable(tmp_path)
+    procs.make_traversable(tmp_path)
     p = subprocess.run([str(wrapper), "-c", str(conf)], capture_output=True, text=True,
                        timeout=10)
     assert p.returncode == 1, (p.returncode, p.stderr)
@@ -249,7 +252,7 @@ def test_systemd_reload_check_gates_on_configuration_errors_only(tmp_path, case,
         sections["backend"]["adress"] = "1"
     conf = tmp_path / "mxfront.conf"
     write_config(conf, sections)
-    argv = check.replace("/usr/sbin/mxfront", lib.MXFRONT_BIN) \
+    argv = check.replace("/usr/sbin/mxfront", procs.MXFRONT_BIN) \
                 .replace("/etc/mxfront/mxfront.conf", str(conf)).replace("$$", "$")
     assert argv.startswith("/bin/sh -c '") and argv.endswith("'"), check
     p = subprocess.run(["/bin/sh", "-c", argv[len("/bin/sh -c '"):-1]], capture_output=True,
@@ -266,12 +269,12 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     for page in ("mxfront.8", "mxfront.conf.5"):
         section = manpath / ("man" + page[-1])
         section.mkdir(parents=True, exist_ok=True)
-        built = Path(lib.MXFRONT_BIN).parent / "man" / page
+        built = Path(procs.MXFRONT_BIN).parent / "man" / page
         assert built.is_file(), f"{built} not built (is scdoc installed?)"
         shutil.copy(built, section / page)
     env = dict(os.environ, MANPATH=str(manpath))
     unit = tmp_path / "mxfront.service"
-    unit.write_text(UNIT.read_text().replace("/usr/sbin/mxfront", lib.MXFRONT_BIN))
+    unit.write_text(UNIT.read_text().replace("/usr/sbin/mxfront", procs.MXFRONT_BIN))
     p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                        text=True, timeout=30, env=env)
     mine = [ln for ln in (p.stdout + p.stderr).splitlines() if "mxfront" in ln]
@@ -357,7 +360,7 @@ class Deploy:
              if not k.startswith(("RENEWED_", "LEGO_", "CERT_", "MXFRONT_")) and k != "Le_Domain"}
         e.update(env)
         e.update({"MXFRONT_CERTS_DIR": str(self.certs), "MXFRONT_CONFIG": str(self.mx.conf),
-                  "MXFRONT_BIN": lib.MXFRONT_BIN, "MXFRONT_GROUP": NOGROUP})
+                  "MXFRONT_BIN": procs.MXFRONT_BIN, "MXFRONT_GROUP": NOGROUP})
         if reload == "pidfile":
             e["MXFRONT_PIDFILE"] = str(self.pidfile)
         else:
@@ -681,7 +684,7 @@ def test_deploy_hook_warns_loudly_when_a_renewal_changes_the_key(deploy):
     p = deploy.deploy_ok(*deploy.lineage("certbot", fresh, "mx.a.example"))
     assert "DANE" in p.stderr and "NEW KEY" in p.stderr, p.stderr
     assert "--reuse-key" in p.stderr and "lego" in p.stderr, p.stderr
-    tlsa = lib.run_mxfront("certs", "--tlsa", "-c", str(deploy.mx.conf)).stdout
+    tlsa = procs.run_mxfront("certs", "--tlsa", "-c", str(deploy.mx.conf)).stdout
     rec = [ln.split(" ;")[0] for ln in tlsa.splitlines() if ln.startswith("_25._tcp.mx.a.example.")]
     assert len(rec) == 1 and rec[0] in p.stderr, (rec, p.stderr)
     deploy.served("mx.a.example", fresh)

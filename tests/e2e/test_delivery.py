@@ -7,9 +7,9 @@ import re
 import smtplib
 import subprocess
 
-from lib import (HOSTNAME, SmtpClient, attempt_delivery, dot_stuff, lf, smtp_session,
-                 split_stored, wait_until)
-
+from dovecotlmtp import lf, split_stored
+from procs import HOSTNAME
+from smtpclient import SmtpClient, attempt_delivery, dot_stuff, open_transaction, smtp_session
 
 
 # A message exercising what must survive untouched: 8-bit text, trailing white
@@ -115,11 +115,8 @@ def test_pipelined_commands_get_replies_in_order(dovecot, mxfront):
 
 def test_dot_stuffed_lines_arrive_unstuffed(dovecot, mxfront):
     mx = mxfront(dovecot)
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         # On the wire (stuffed)  ->  in the message
         c.send(b"Subject: dots\r\n"
                b"\r\n"
@@ -142,9 +139,7 @@ def test_helo_client_gets_received_with_smtp(dovecot, mxfront):
     c, hello = smtp_session(mx, helo="old.client.example", ehlo=False)
     with c:
         assert hello.code == 250, hello
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c)
         c.send(b"Subject: helo\r\n\r\nplain SMTP\r\n.\r\n")
         assert c.read_reply().code == 250
     [stored] = dovecot.wait_messages("alice", 1)
@@ -162,9 +157,7 @@ def test_rset_then_new_transaction_delivers(dovecot, mxfront):
         assert r.code == 250 and r.enhanced == "2.0.0", r
         # RSET cleared the transaction: RCPT needs a new MAIL.
         assert c.cmd("RCPT TO:<bob@dest.example>").code == 503
-        assert c.cmd("MAIL FROM:<second@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, sender="second@client.example")
         c.send(b"Subject: after rset\r\n\r\nhi\r\n.\r\n")
         assert c.read_reply().code == 250
     [stored] = dovecot.wait_messages("alice", 1)
@@ -216,19 +209,14 @@ def test_declared_size_over_limit_gets_552(dovecot, mxfront):
 
 def test_streamed_message_over_limit_gets_552_and_nothing_delivered(dovecot, mxfront):
     mx = mxfront(dovecot, server={"max_message_size": "2k"})
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         c.send(b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 60 + b".\r\n")   # ~4.3 KB
         r = c.read_reply()
         assert r.code == 552 and r.enhanced == "5.3.4", r
         # The session goes on, and a message within the limit still passes.
         assert c.cmd("NOOP").code == 250
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<bob@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "bob@dest.example")
         c.send(b"Subject: small\r\n\r\nok\r\n.\r\n")
         assert c.read_reply().code == 250
     dovecot.wait_messages("bob", 1)
@@ -237,11 +225,8 @@ def test_streamed_message_over_limit_gets_552_and_nothing_delivered(dovecot, mxf
 
 def test_line_over_1000_octets_refused(dovecot, mxfront):
     mx = mxfront(dovecot)
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         c.send(b"Subject: long line\r\n\r\n" + b"z" * 999 + b"\r\nend\r\n.\r\n")  # 1001 octets
         r = c.read_reply()
         assert r.code == 554 and r.enhanced == "5.6.0", r
@@ -255,9 +240,7 @@ def test_bare_lf_or_cr_in_data_refused(dovecot, mxfront):
     c, _ = smtp_session(mx)
     with c:
         for bad in (b"bare\nLF", b"bare\rCR"):
-            assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-            assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-            assert c.cmd("DATA").code == 354
+            open_transaction(c)
             c.send(b"Subject: bare\r\n\r\n" + bad + b"\r\n.\r\n")
             r = c.read_reply()
             assert 500 <= r.code < 600, (bad, str(r))
@@ -269,11 +252,8 @@ def test_lone_lf_dot_does_not_end_data(dovecot, mxfront):
     """SMTP smuggling: `\\r\\n.\\n` and `\\n.\\r\\n` are not the end of DATA, so
     the commands after them are message text, never a second transaction."""
     mx = mxfront(dovecot)
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         c.send(b"Subject: smuggle\r\n\r\nfirst\r\n.\n"
                b"MAIL FROM:<evil@client.example>\r\nRCPT TO:<bob@dest.example>\r\nDATA\r\n"
                b"smuggled one\n.\r\n"
@@ -373,10 +353,7 @@ def test_log_has_connect_transaction_disconnect_with_one_session_id(dovecot, mxf
 
 def test_client_dropping_mid_data_delivers_nothing(dovecot, mxfront):
     mx = mxfront(dovecot, server={"workers": "1"})
-    c, _ = smtp_session(mx)
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-    assert c.cmd("DATA").code == 354
+    c = open_transaction(mx)
     c.send(b"Subject: cut\r\n\r\nhalf a message\r\nand no final dot")
     c.close()
     mx.wait_log(r"\bevent=disconnect\b")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import lib
-from lib import REPO, free_port, refuses, sanitizer_report, wait_until
+import procs
+from procs import REPO, sanitizer_report
+from waits import free_port, refuses, wait_until
 
 DEMO = REPO / "contrib" / "demo"
 READY = re.compile(r"^== ready: mxfront \(pid (\d+)\) on 127\.0\.0\.1:(\d+);", re.M)
@@ -48,7 +49,7 @@ def demo(request):
     d = Path(tempfile.mkdtemp(prefix="mxfdemo-", dir="/tmp"))
     out = d.parent / (d.name + ".out")
     env = dict(os.environ, MXFRONT_DEMO_DIR=str(d), MXFRONT_DEMO_PORT=str(free_port()),
-               MXFRONT_DEMO_LMTP_PORT=str(free_port()), MXFRONT_BIN=lib.MXFRONT_BIN)
+               MXFRONT_DEMO_LMTP_PORT=str(free_port()), MXFRONT_BIN=procs.MXFRONT_BIN)
     with open(out, "wb") as f:
         proc = subprocess.Popen([str(DEMO)], stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -61,7 +62,7 @@ def demo(request):
                                   lambda: (d / "dovecot" / "dovecot.log").read_text()))
     yield demo
     if proc.poll() is None:  # the test failed before stopping it
-        code, killed = lib.stop_process(proc, deadline=15)
+        code, killed = procs.stop_process(proc, deadline=15)
         if killed:
             os.killpg(proc.pid, signal.SIGKILL)
     shutil.rmtree(d, ignore_errors=True)

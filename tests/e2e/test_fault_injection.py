@@ -56,8 +56,10 @@ import time
 import uuid
 
 import ledger
+from dovecotlmtp import DOVECOT_USERS, lf
 from ledger import Attempt, ChaosThread, DovecotChaos, MailboxFaults
-from lib import DOVECOT_USERS, ConnectionClosed, SmtpClient, dot_stuff, lf, wait_until
+from smtpclient import ConnectionClosed, SmtpClient, dot_stuff
+from waits import wait_until
 
 MESSAGES = int(os.environ.get("MXFRONT_FAULT_MESSAGES", "2000"))
 # New messages stop after this many seconds (0: no limit); what was sent is

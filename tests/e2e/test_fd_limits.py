@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lib import attempt_delivery, smtp_session, wait_until
+from smtpclient import attempt_delivery, smtp_session
+from waits import wait_until
 
 # soft = hard: mxfront raises its soft limit to the hard one at start, so the
 # hard limit is what a test must lower.

@@ -3,16 +3,16 @@ over-long command and text lines, malformed paths and ESMTP parameters, and
 garbage on the TLS layer (instead of a ClientHello, or an alert in the middle
 of DATA). Each is refused with the reply it deserves; the session (or, for TLS,
 the daemon) goes on, and the backend never sees the bad bytes."""
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
 
-from lib import (HOSTNAME, SmtpClient, rss_kb, sanitized_build,
-                 smtp_session, wait_until)
+from certs import install_cert, make_cert
+from procs import HOSTNAME, rss_kb, sanitized_build
+from smtpclient import SmtpClient, open_transaction, smtp_session
+from waits import wait_until
 
 SANITIZED = sanitized_build()
 
@@ -60,9 +60,7 @@ def test_nul_in_commands_500_and_session_goes_on(mxfront, fake_backend):
 
 
 def send_message(c, body, rcpt="alice@dest.example"):
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-    assert c.cmd("DATA").code == 354
+    open_transaction(c, rcpt)
     c.send(body + b".\r\n")
     return c.read_reply()
 
@@ -287,21 +285,10 @@ def test_malformed_paths_and_parameters_get_5xx(mxfront, fake_backend):
 
 @pytest.fixture
 def certs_dir(tmp_path):
-    """certs.d/ with one self-signed ECDSA certificate for HOSTNAME, made
-    with certtool."""
-    if not shutil.which("certtool"):
-        pytest.skip("certtool (gnutls-bin) is not installed")
-    d = tmp_path / "certs.d" / "mx"
-    d.mkdir(parents=True)
-    template = tmp_path / "cert.tmpl"
-    template.write_text(f'cn = "{HOSTNAME}"\ndns_name = "{HOSTNAME}"\nexpiration_days = 30\n'
-                        "tls_www_server\nsigning_key\nencryption_key\n")
-    subprocess.run(["certtool", "--generate-privkey", "--key-type=ecdsa",
-                    "--outfile", str(d / "privkey.pem")], check=True, capture_output=True)
-    subprocess.run(["certtool", "--generate-self-signed", "--load-privkey", str(d / "privkey.pem"),
-                    "--template", str(template), "--outfile", str(d / "fullchain.pem")],
-                   check=True, capture_output=True)
-    return tmp_path / "certs.d"
+    """certs.d/ with one self-signed ECDSA certificate for HOSTNAME."""
+    d = tmp_path / "certs.d"
+    install_cert(d, "mx", make_cert(tmp_path / "scratch", [HOSTNAME], 0x501))
+    return d
 
 
 def tls_mx(mxfront, target, certs_dir, **overrides):
@@ -374,9 +361,7 @@ def test_tls_alert_mid_data_drops_the_message(mxfront, fake_backend, certs_dir, 
     c.sock = ctx.wrap_socket(c.sock, server_hostname=HOSTNAME)
     with c:
         assert c.cmd("EHLO client.example").code == 250
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c)
         # Longer than what mxfront holds: it is streamed to the backend.
         c.send(b"Subject: tls cut\r\n\r\n" + b"some text\r\n" * 6000)
         [conn] = wait_until(lambda: fb.used, 5.0, "a transaction at the backend")

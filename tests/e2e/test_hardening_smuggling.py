@@ -11,7 +11,9 @@ import re
 
 import pytest
 
-from lib import HOSTNAME, lf, smtp_session, split_stored
+from dovecotlmtp import lf, split_stored
+from procs import HOSTNAME
+from smtpclient import open_transaction
 
 FIRST = b"From: <sender@client.example>\r\nSubject: first\r\n\r\nhello"
 SMUGGLED = (b"MAIL FROM:<evil@x.example>\r\n"
@@ -72,11 +74,7 @@ def unstuffed(wire):
 def send_smuggling(mx, seq, rcpt="alice@dest.example"):
     """One transaction carrying the look-alike; returns the client (still
     open) and the one reply to the whole DATA."""
-    c, _ = smtp_session(mx)
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-    r = c.cmd("DATA")
-    assert r.code == 354, r
+    c = open_transaction(mx, rcpt)
     c.send(payload(seq))
     return c, c.read_reply()
 
@@ -92,9 +90,7 @@ def assert_in_sync(c):
 
 
 def send_clean(c, rcpt, subject):
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-    assert c.cmd("DATA").code == 354
+    open_transaction(c, rcpt)
     c.send(b"Subject: " + subject + b"\r\n\r\nclean\r\n.\r\n")
     r = c.read_reply()
     assert r.code == 250, r
@@ -227,11 +223,8 @@ def test_overlong_line_ended_by_bare_lf_does_not_end_data(dovecot, mxfront):
     """An over-long line is discarded up to its LF; when that LF is bare, the
     dot line after it is no end of data either."""
     mx = mxfront(dovecot)
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         c.send(b"Subject: long\r\n\r\n" + b"z" * 3000 + b"\n.\r\n" + SMUGGLED + END)
         r = c.read_reply()
         assert (r.code, r.enhanced) == (554, "5.6.0"), r
@@ -247,11 +240,8 @@ def test_lone_dot_split_across_writes_is_one_end(mxfront, fake_backend, mode):
     and the backend gets exactly the lines sent."""
     fb = fake_backend()
     mx = mxfront(fb, smtp={"bare_newline": mode})
-    c, _ = smtp_session(mx)
+    c = open_transaction(mx)
     with c:
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
         for part in (b"Subject: split\r\n\r\nbody\r", b"\n", b".", b"\r", b"\nNOOP\r\n"):
             c.send(part)
         r = c.read_reply()

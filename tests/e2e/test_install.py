@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import lib
-from lib import REPO
+import procs
+from procs import REPO
 
-BUILD = Path(lib.MXFRONT_BIN).resolve().parent
+BUILD = Path(procs.MXFRONT_BIN).resolve().parent
 
 
 def meson(*args, **kw):
@@ -187,7 +187,7 @@ def test_conf_mxfront_conf_shows_every_config_key():
 
 
 def help_text():
-    p = subprocess.run([lib.MXFRONT_BIN, "--help"], capture_output=True, text=True, timeout=10)
+    p = subprocess.run([procs.MXFRONT_BIN, "--help"], capture_output=True, text=True, timeout=10)
     assert p.returncode == 0, p.stderr
     return p.stdout
 

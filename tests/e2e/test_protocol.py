@@ -6,7 +6,9 @@ import socket
 
 import pytest
 
-from lib import HOSTNAME, ConnectionClosed, SmtpClient, smtp_session, wait_until
+from procs import HOSTNAME
+from smtpclient import ConnectionClosed, SmtpClient, smtp_session
+from waits import wait_until
 
 ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 

@@ -13,10 +13,12 @@ from collections import Counter
 
 import pytest
 
-from lib import (HOSTNAME, SmtpClient, dot_stuff, free_port, lf, mxfront_config, refuses,
-                 wait_until, write_config)
-from svclib import (assert_served, field_of, hup, hup_ok, install_cert, make_cert,
-                    served_cert, tls_session)
+from certs import install_cert, make_cert
+from dovecotlmtp import lf
+from procs import HOSTNAME, field_of, hup, hup_ok, mxfront_config, write_config
+from smtpclient import SmtpClient, dot_stuff, open_transaction
+from tlsclients import assert_served, served_cert, tls_session
+from waits import free_port, refuses, wait_until
 
 DEFAULT_NAME = HOSTNAME  # the default certificate serves [server] hostname
 
@@ -58,7 +60,7 @@ def tls_overrides(certs, **tls):
 
 def rewrite_config(mx, sections):
     """Replaces mx's configuration file atomically; returns the line numbers
-    of its keys (see lib.write_config)."""
+    of its keys (see procs.write_config)."""
     tmp = mx.conf.with_name(".mxfront.conf.new")
     where = write_config(tmp, sections)
     os.replace(tmp, mx.conf)
@@ -99,9 +101,7 @@ def test_replaced_certificate_reaches_new_connections_while_a_tls_session_mid_da
     c = tls_session(mx.port, "mx.a.example")
     with c:
         assert c.sock.getpeercert(binary_form=True) == a1.der
-        assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c)
         c.send(wire[:half])
 
         certs.install("a", a2)
@@ -333,9 +333,7 @@ def test_listeners_opened_and_closed_on_reload(mxfront, fake_backend):
         wait_until(lambda: refuses(first), 3, f"port {first} to refuse after its listener was removed")
         assert greets(second)
         assert old.cmd("NOOP").code == 250
-        assert old.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert old.cmd("RCPT TO:<r@dest.example>").code == 250
-        assert old.cmd("DATA").code == 354
+        open_transaction(old, "r@dest.example", sender="s@client.example")
         old.send(b"Subject: on a closed listener\r\n\r\nbody\r\n.\r\n")
         assert old.read_reply().code == 250
         assert old.cmd("QUIT").code == 221

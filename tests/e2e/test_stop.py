@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from lib import SmtpClient, dot_stuff, lf, refuses, smtp_session, wait_until
-from svclib import GatedLmtp
+from dovecotlmtp import lf
+from smtpclient import SmtpClient, dot_stuff, open_transaction, smtp_session
+from waits import refuses, wait_until
 
 
 def assert_421_shutdown(r, what):
@@ -29,14 +30,6 @@ def stored_body(stored, body):
     i = stored.find(first)
     assert i >= 0, stored[:1000]
     return stored[i:]
-
-
-def open_transaction(mx, rcpt="alice@dest.example"):
-    c, _ = smtp_session(mx)
-    assert c.cmd("MAIL FROM:<sender@client.example>").code == 250
-    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-    assert c.cmd("DATA").code == 354
-    return c
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
@@ -112,30 +105,27 @@ def test_stalled_data_is_cut_before_its_final_dot_after_shutdown_timeout(mxfront
     assert mx.wait_exit(5) == 0, mx.log()[-2000:]
 
 
-def test_message_whose_final_dot_was_sent_is_waited_for(mxfront):
+def test_message_whose_final_dot_was_sent_is_waited_for(mxfront, fake_backend):
     """shutdown_timeout never cuts a message the client has finished sending:
     the backend may be delivering it; the client gets the backend's verdict."""
-    backend = GatedLmtp()
-    try:
-        mx = mxfront(backend, server={"shutdown_timeout": "1s"})
-        c = open_transaction(mx, "r1@dest.example")
-        with c:
-            c.send(b"Subject: sent whole\r\n\r\nall of it\r\n.\r\n")
-            assert backend.got_dot.wait(5), "the message never reached the backend"
-            os.kill(mx.pid, signal.SIGTERM)
-            mx.wait_log(r"\bevent=shutdown_timeout\b", timeout=5)
-            assert mx.proc.poll() is None, "mxfront exited with a delivery outstanding"
-            backend.release()
-            c.sock.settimeout(5)
-            r = c.read_reply()
-            assert r.code == 250, f"the backend's verdict was not passed on: {r}"
-            assert_421_shutdown(c.read_reply(), "after the verdict")
-        assert mx.wait_exit(5) == 0, mx.log()[-2000:]
-        [conn] = [x for x in backend.connections if x.messages]
-        assert len(conn.messages) == 1 and conn.messages[0].data.endswith(b"\r\nall of it\r\n"), \
-            conn.messages
-    finally:
-        backend.close()
+    backend = fake_backend(at_eod="gate")
+    mx = mxfront(backend, server={"shutdown_timeout": "1s"})
+    c = open_transaction(mx, "r1@dest.example")
+    with c:
+        c.send(b"Subject: sent whole\r\n\r\nall of it\r\n.\r\n")
+        assert backend.got_dot.wait(5), "the message never reached the backend"
+        os.kill(mx.pid, signal.SIGTERM)
+        mx.wait_log(r"\bevent=shutdown_timeout\b", timeout=5)
+        assert mx.proc.poll() is None, "mxfront exited with a delivery outstanding"
+        backend.release()
+        c.sock.settimeout(5)
+        r = c.read_reply()
+        assert r.code == 250, f"the backend's verdict was not passed on: {r}"
+        assert_421_shutdown(c.read_reply(), "after the verdict")
+    assert mx.wait_exit(5) == 0, mx.log()[-2000:]
+    [conn] = [x for x in backend.connections if x.messages]
+    assert len(conn.messages) == 1 and conn.messages[0].endswith(b"\r\nall of it\r\n.\r\n"), \
+        conn.messages
 
 
 def test_sigterm_during_transfers_each_message_whole_or_4xx(dovecot, mxfront):

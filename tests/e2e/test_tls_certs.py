@@ -9,7 +9,7 @@ import re
 import pytest
 
 import tlsclients
-from lib import mxfront_config, run_mxfront, write_config
+from procs import mxfront_config, run_mxfront, write_config
 
 GOOD = ["default", "a", "wild-b"]
 BROKEN = ["bad-mismatch", "bad-garbled", "bad-nokey", "bad-expired"]
@@ -186,7 +186,7 @@ def warning_setup(tmp_path, certs, group=None):
     mode, key gid)}; returns the configuration (user root as the tests run,
     [server] group GROUP when given)."""
     import os
-    from svclib import install_cert, make_cert
+    from certs import install_cert, make_cert
     d = tmp_path / "certs.d"
     install_cert(d, "default", make_cert(tmp_path / "scratch", ["mx.test.example"], 0x501))
     made = {}

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-import lib
+import procs
 import tlsclients
+import waits
 
 MASTER = "/usr/lib/postfix/sbin/master"
 POSTFIX_HELO = "postfix.client.example"
@@ -128,9 +129,9 @@ class Postfix:
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      start_new_session=True)
         out.close()
-        lib.wait_until(lambda: self.proc.poll() is not None or
-                       "daemon started" in self.maillog(), lib.START_DEADLINE,
-                       "Postfix master to start")
+        waits.wait_until(lambda: self.proc.poll() is not None or
+                         "daemon started" in self.maillog(), procs.START_DEADLINE,
+                         "Postfix master to start")
         assert self.proc.poll() is None, f"Postfix master exited:\n{self.log()}"
 
     def sendmail(self, sender, rcpt, message):
@@ -150,8 +151,8 @@ class Postfix:
     def wait_maillog(self, pattern, timeout=5.0):
         rx = re.compile(pattern)
         try:
-            return lib.wait_until(lambda: rx.search(self.maillog()), timeout,
-                                  f"/{pattern}/ in Postfix's maillog")
+            return waits.wait_until(lambda: rx.search(self.maillog()), timeout,
+                                    f"/{pattern}/ in Postfix's maillog")
         except AssertionError as e:
             raise AssertionError(f"{e}:\n{self.maillog()[-4000:]}") from None
 
@@ -163,7 +164,7 @@ class Postfix:
         """SIGTERM to master (it stops its children), a deadline, then
         SIGKILL to the process group it leads."""
         if self.proc and self.proc.poll() is None:
-            lib.stop_process(self.proc)
+            procs.stop_process(self.proc)
         if self.proc:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of our own group
@@ -217,7 +218,7 @@ def wait_delivered(dovecot, pf, user, tag):
         if now >= next_flush:
             pf.flush()
             next_flush = now + 3.0
-        time.sleep(lib.POLL)
+        time.sleep(waits.POLL)
 
 
 def mxfront_received(stored, sni):

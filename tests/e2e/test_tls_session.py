@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-import lib
+import smtpclient
 import tlsclients
-from lib import SmtpClient, dot_stuff, lf, split_stored
+import waits
+from dovecotlmtp import lf, split_stored
+from smtpclient import SmtpClient, dot_stuff, open_transaction
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def tls_conf(certs_dir, **tls):
 
 
 def open_session(m, helo="client.example"):
-    c, hello = lib.smtp_session(m, helo=helo)
+    c, hello = smtpclient.smtp_session(m, helo=helo)
     assert hello.code == 250, hello
     return c, hello
 
@@ -105,15 +107,13 @@ def test_bytes_pipelined_after_starttls_are_discarded(mxfront, fake_backend, cer
         # the injected MAIL did not open a transaction
         r = c.cmd("RCPT TO:<alice@test.example>")
         assert r.code == 503, f"RCPT right after EHLO (injected MAIL in effect?): {r}"
-        assert c.cmd("MAIL FROM:<good@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="good@client.example")
         c.send(dot_stuff(b"Subject: after starttls\r\n\r\nhello\r\n") + b".\r\n")
         assert c.read_reply().code == 250
     m.wait_log(rf"event=starttls_discard bytes={len(injected)}\b")
-    conn = lib.wait_until(lambda: fb.used, 5.0, "a transaction at the backend")[0]
-    lib.wait_until(lambda: any(cmd.startswith("MAIL") for cmd in conn.commands), 5.0,
-                   "the MAIL at the backend")
+    conn = waits.wait_until(lambda: fb.used, 5.0, "a transaction at the backend")[0]
+    waits.wait_until(lambda: any(cmd.startswith("MAIL") for cmd in conn.commands), 5.0,
+                     "the MAIL at the backend")
     every = b"".join(bytes(x.received) for x in fb.connections)
     assert b"evil@x" not in every, f"the injected MAIL reached the backend: {every!r}"
 
@@ -132,13 +132,11 @@ def test_require_tls_refuses_mail_before_starttls(mxfront, fake_backend, certs_d
         assert c.cmd("NOOP").code == 250
         tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
         assert c.cmd("EHLO client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="s@client.example")
         c.send(b"Subject: required\r\n\r\nx\r\n.\r\n")
         assert c.read_reply().code == 250
-    lib.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
-                   "one message at the backend")
+    waits.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
+                     "one message at the backend")
 
 
 def test_require_tls_with_swaks(mxfront, fake_backend, certs_dir):
@@ -155,8 +153,8 @@ def test_require_tls_with_swaks(mxfront, fake_backend, certs_dir):
                            text=True, timeout=20)
     assert p.returncode == 0, p.stdout + p.stderr
     assert re.search(r"<~  250 ", p.stdout.split("~> .")[-1]), p.stdout
-    lib.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
-                   "one message at the backend")
+    waits.wait_until(lambda: sum(len(x.messages) for x in fb.connections) == 1, 5.0,
+                     "one message at the backend")
 
 
 # ---------------------------------------------------------------------------
@@ -208,9 +206,7 @@ def test_handshake_timeout_and_garbage_end_only_their_sessions(
         with c:
             tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
             assert c.cmd("EHLO normal.example").code == 250
-            assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-            assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-            assert c.cmd("DATA").code == 354
+            open_transaction(c, "alice@test.example", sender="s@client.example")
             c.send(b"Subject: normal\r\n\r\nx\r\n.\r\n")
             assert c.read_reply().code == 250
             assert c.cmd("QUIT").code == 221
@@ -319,9 +315,7 @@ def test_message_over_starttls_arrives_in_dovecot_with_esmtps_header(
         tlsclients.python_starttls(c, sni="mx.a.example", ca=pki.ca_file)
         py_cipher = c.sock.cipher()[0]
         assert c.cmd("EHLO tls.client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<alice@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "alice@test.example", sender="s@client.example")
         c.send(dot_stuff(body) + b".\r\n")
         assert c.read_reply().code == 250
         c.cmd("QUIT")
@@ -351,9 +345,7 @@ def test_message_over_starttls_arrives_in_dovecot_with_esmtps_header(
         tlsclients.python_starttls(c, sni=None, ca=pki.ca_file)
         assert c.sock.getpeercert(binary_form=True) == pki.leaves["default"].der
         assert c.cmd("EHLO nosni.client.example").code == 250
-        assert c.cmd("MAIL FROM:<s@client.example>").code == 250
-        assert c.cmd("RCPT TO:<carol@test.example>").code == 250
-        assert c.cmd("DATA").code == 354
+        open_transaction(c, "carol@test.example", sender="s@client.example")
         c.send(b"Subject: no sni\r\n\r\nhello carol\r\n.\r\n")
         assert c.read_reply().code == 250
     stored = dovecot.wait_messages("carol", 1)[0]

@@ -13,9 +13,12 @@ import subprocess
 
 import pytest
 
-import lib
+import procs
+import smtpclient
 import tlsclients
-from lib import FakeLmtp, Mxfront, mxfront_config
+import waits
+from fakelmtp import FakeLmtp
+from procs import Mxfront, mxfront_config
 
 SECOND_LISTENER = "127.0.0.2"
 
@@ -39,7 +42,7 @@ def sni_server(tmp_path_factory, pki):
     code = m.stop()
     backend.stop()
     assert not m.killed and code == 0, f"mxfront exited with {code} (killed={m.killed})"
-    assert not lib.sanitizer_report(m.log()), m.log()
+    assert not procs.sanitizer_report(m.log()), m.log()
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +65,8 @@ def tls_lines(m):
 
 def next_tls_line(m, before):
     """The first `event=tls` line after the first `before` of them."""
-    lines = lib.wait_until(lambda: (lambda ls: ls if len(ls) > before else None)(tls_lines(m)),
-                           5.0, "a new event=tls line in mxfront's log")
+    lines = waits.wait_until(lambda: (lambda ls: ls if len(ls) > before else None)(tls_lines(m)),
+                             5.0, "a new event=tls line in mxfront's log")
     return lines[before]
 
 
@@ -178,7 +181,7 @@ def _python_tls12(port, cipher):
     import ssl
     ctx = tlsclients.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers(cipher)
-    with lib.SmtpClient("127.0.0.1", port) as c:
+    with smtpclient.SmtpClient("127.0.0.1", port) as c:
         c.read_reply()
         c.cmd("EHLO python.client.example")
         tlsclients.python_starttls(c, sni="dual.example", context=ctx)
@@ -286,29 +289,29 @@ def test_no_determinable_default_refuses_to_start(tmp_path, pki):
     set: `-t` names default_cert and the daemon does not start."""
     certs_dir = pki.install(tmp_path / "certs.d", ["a", "c"])
     conf = tmp_path / "mxfront.conf"
-    lib.write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(certs_dir)}}))
-    p = lib.run_mxfront("-t", "-c", str(conf))
+    procs.write_config(conf, mxfront_config("127.0.0.1:9", {"tls": {"certs_dir": str(certs_dir)}}))
+    p = procs.run_mxfront("-t", "-c", str(conf))
     assert p.returncode != 0, f"-t accepted a set-up without a default certificate:\n{p.stderr}"
     assert "default_cert" in p.stderr, p.stderr
-    proc = subprocess.Popen([lib.MXFRONT_BIN, "-c", str(conf), "--address-file",
+    proc = subprocess.Popen([procs.MXFRONT_BIN, "-c", str(conf), "--address-file",
                              str(tmp_path / "addr")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
-        lib.stop_process(proc)
+        procs.stop_process(proc)
         raise AssertionError("the daemon started without a default certificate "
                              f"(addresses: {(tmp_path / 'addr').read_text()!r})") from None
     assert proc.returncode != 0 and not (tmp_path / "addr").exists(), out
     assert "default_cert" in out, out
-    assert not lib.sanitizer_report(out), out
+    assert not procs.sanitizer_report(out), out
 
 
 def test_default_cert_naming_no_certificate_is_refused(tmp_path, pki):
     certs_dir = pki.install(tmp_path / "certs.d", ["default", "a"])
     conf = tmp_path / "mxfront.conf"
-    lib.write_config(conf, mxfront_config("127.0.0.1:9", {
+    procs.write_config(conf, mxfront_config("127.0.0.1:9", {
         "tls": {"certs_dir": str(certs_dir), "default_cert": "mx.nowhere.example"}}))
-    p = lib.run_mxfront("-t", "-c", str(conf))
+    p = procs.run_mxfront("-t", "-c", str(conf))
     assert p.returncode != 0, p.stderr
     assert "default_cert" in p.stderr and "mx.nowhere.example" in p.stderr, p.stderr

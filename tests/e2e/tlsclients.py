@@ -6,7 +6,7 @@ handshake and reports what it was served (Served).
   openssl      openssl s_client -starttls smtp
   swaks        swaks --tls --quit-after TLS
   posttls      Postfix's posttls-finger
-  python       Python's ssl over lib.SmtpClient's socket
+  python       Python's ssl over smtpclient.SmtpClient's socket
 
 Every function takes sni=None for "send no SNI", ca= the root CA file to
 verify the chain against and verify_name= the DNS name to verify the
@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib import SmtpClient
+from certs import describe_der
+from smtpclient import SmtpClient
 
 CLIENT_TIMEOUT = 15.0
 PEM_RX = re.compile(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n?", re.S)
@@ -154,7 +155,7 @@ def postfix_empty_config(config_dir):
 
 
 def python_starttls(client, sni=None, ca=None, context=None, session=None):
-    """STARTTLS on an lib.SmtpClient that has said EHLO: sends STARTTLS,
+    """STARTTLS on an SmtpClient that has said EHLO: sends STARTTLS,
     expects 220, wraps its socket. Returns the 220 reply."""
     r = client.cmd("STARTTLS")
     assert r.code == 220, r
@@ -205,6 +206,46 @@ def subject_of(der):
     p = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-ext",
                         "subjectAltName"], input=der, capture_output=True, timeout=10)
     return p.stdout.decode(errors="replace").strip().replace("\n", " ")
+
+
+def tls_session(port, sni, helo="client.example"):
+    """A client connected to 127.0.0.1:port, through EHLO, STARTTLS (with SNI
+    sni; None: no SNI) and EHLO again; nothing is verified. Returns the
+    client."""
+    c = SmtpClient("127.0.0.1", port)
+    try:
+        r = c.read_reply()
+        assert r.code == 220, r
+        r = c.cmd(f"EHLO {helo}")
+        assert r.code == 250 and "STARTTLS" in r.keywords, f"no STARTTLS offered: {r}"
+        python_starttls(c, sni=sni)
+        r = c.cmd(f"EHLO {helo}")
+        assert r.code == 250, r
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def served_cert(port, sni):
+    """The DER certificate a new connection gets for SNI sni (None: none)."""
+    c = tls_session(port, sni)
+    try:
+        return c.sock.getpeercert(binary_form=True)
+    finally:
+        try:
+            c.cmd("QUIT")
+        except Exception:
+            pass
+        c.close()
+
+
+def assert_served(port, sni, want, known):
+    """A new connection with SNI sni is served want (a certs.Cert); known
+    names the others in the message."""
+    got = served_cert(port, sni)
+    assert got == want.der, (f"SNI {sni!r}: expected {want.describe()}, "
+                             f"got {describe_der(got, known)}")
 
 
 CLIENTS = {"gnutls": gnutls, "openssl": openssl, "swaks": swaks, "posttls": posttls,
