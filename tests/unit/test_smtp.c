@@ -388,17 +388,36 @@ static void t_pump(struct t *t)
 	}
 }
 
-static struct t *t_new(const char *server_keys, const char *client_ip)
+static void t_send(struct t *t, const char *s);
+
+/* How a case begins; every field may be left out. */
+struct t_setup {
+	const char *conf;          /* [server] keys; NULL: DEFAULT_CONF */
+	const char *client_ip;     /* NULL: 192.0.2.7 */
+	bool tls;                  /* a certificate is loaded: STARTTLS is offered */
+	const char *const *script; /* backend answers, kept for later sends too */
+	const char *input;         /* the first client bytes */
+};
+
+/* The one fixture: names the case, starts a greeted machine as SETUP says
+ * and feeds its input. A configuration that does not load ends the run:
+ * every case after it would fail the same way. */
+static struct t *t_start(const char *name, struct t_setup setup)
 {
+	check_case(name);
 	struct t *t = calloc(1, sizeof *t);
-	t->cfg = load_conf(server_keys);
+	t->cfg = load_conf(setup.conf);
 	if (!t->cfg) {
-		free(t);
-		return NULL;
+		check_summary();
+		exit(1);
 	}
 	t->f.hostname = t->cfg->hostname;
-	t->s = smtp_new(t->cfg, &fake_ops, &t->f, "s1", client_ip ? client_ip : "192.0.2.7");
+	t->s = smtp_new(t->cfg, &fake_ops, &t->f, "s1", setup.client_ip ? setup.client_ip : "192.0.2.7");
 	smtp_greet(t->s);
+	smtp_set_tls_available(t->s, setup.tls);
+	t->script = setup.script;
+	if (setup.input)
+		t_send(t, setup.input);
 	return t;
 }
 
@@ -853,11 +872,7 @@ static void test_transcripts(void)
 {
 	for (size_t i = 0; i < N_ELEMS(tcases); i++) {
 		const struct tcase *c = &tcases[i];
-		check_case(c->name);
-		struct t *t = t_new(c->conf, NULL);
-		if (!t)
-			continue;
-		t->script = c->answers;
+		struct t *t = t_start(c->name, (struct t_setup){ .conf = c->conf, .script = c->answers });
 		t_sendn(t, c->input.s, c->input.n);
 		CHECK_STR_EQ(t->f.replies, c->want_replies);
 		CHECK_STR_EQ(t->f.log, c->want_log);
@@ -874,10 +889,7 @@ static void test_transcripts(void)
 
 static void test_busy_during_hello(void)
 {
-	check_case("busy until the backend answers the hello");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	struct t *t = t_start("busy until the backend answers the hello", (struct t_setup){ 0 });
 	CHECK_STR_EQ(t_replies(t), GREET);
 	CHECK(!smtp_busy(t->s), "not busy after the greeting");
 	t_send(t, EHLO_C MAIL_AB);
@@ -897,11 +909,7 @@ static void test_busy_during_hello(void)
 	t_free(t);
 
 	/* A failed hello gives caps 0 whatever the caller passes. */
-	check_case("hello failure ignores caps");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	t = t_start("hello failure ignores caps", (struct t_setup){ .input = EHLO_C });
 	fake_pop(&t->f);
 	struct smtp_reply r;
 	smtp_reply_set(&r, 421, "4.4.1 Backend unavailable");
@@ -918,11 +926,8 @@ static void test_busy_during_hello(void)
 
 static void test_pipelining_steps(void)
 {
-	check_case("pipelining: a group goes to the backend whole, replies in order");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	struct t *t = t_start("pipelining: a group goes to the backend whole, replies in order",
+	                      (struct t_setup){ .input = EHLO_C });
 	t_answer(t, LHLO_ALL);
 	t_replies(t);
 	t_log(t);
@@ -961,11 +966,8 @@ static void test_pipelining_steps(void)
 
 static void test_no_pipelining_backend(void)
 {
-	check_case("backend without PIPELINING: one command at a time");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	struct t *t = t_start("backend without PIPELINING: one command at a time",
+	                      (struct t_setup){ .input = EHLO_C });
 	t_answer(t, LHLO_NOPIPE);
 	CHECK_STR_EQ(t_replies(t), GREET EHLO_MIN);
 	t_log(t);
@@ -982,11 +984,8 @@ static void test_no_pipelining_backend(void)
 	CHECK_STR_EQ(t_replies(t), R_MAIL R_RCPT "550 5.1.1 no\r\n" R_354);
 	t_free(t);
 
-	check_case("pipelining: no more than SMTP_PIPE_MAX answers awaited");
-	t = t_new("max_recipients = 100\n", NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	t = t_start("pipelining: no more than SMTP_PIPE_MAX answers awaited",
+	            (struct t_setup){ .conf = "max_recipients = 100\n", .input = EHLO_C });
 	t_answer(t, LHLO_ALL);
 	t_log(t);
 	char group[64 * 40] = MAIL_AB;
@@ -1003,12 +1002,9 @@ static void test_no_pipelining_backend(void)
 
 static void test_rset_waits(void)
 {
-	check_case("RSET waits for the backend");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("RSET waits for the backend",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C MAIL_AB });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1020,12 +1016,8 @@ static void test_rset_waits(void)
 	CHECK_STR_EQ(t_replies(t), R_OK250 R_OK250);
 	t_free(t);
 
-	check_case("EHLO in a transaction: no reply before the backend's RSET");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("EHLO in a transaction: no reply before the backend's RSET",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1068,12 +1060,8 @@ static void check_received(const char *got, const char *want_before_date)
 
 static void test_received(void)
 {
-	check_case("Received header, one recipient");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	struct t *t = t_start("Received header, one recipient",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN });
 	CHECK_INT_EQ(t->f.nreceived, 0); /* it goes with the first line */
 	t_send(t, "x\r\n");
 	CHECK_INT_EQ(t->f.nreceived, 1);
@@ -1090,42 +1078,29 @@ static void test_received(void)
 	                              "\tfor <Postmaster>; ");
 	t_free(t);
 
-	check_case("Received header, two recipients: no for");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX2_ANS);
-	t_send(t, TX2_IN "x\r\n");
+	t = t_start("Received header, two recipients: no for",
+	            (struct t_setup){ .script = A(TX2_ANS), .input = TX2_IN "x\r\n" });
 	check_received(t->f.received, "Received: from client.example ([192.0.2.7])\r\n"
 	                              "\tby " HOST " (mxfront) with ESMTP id s1.1;\r\n\t");
 	t_free(t);
 
-	check_case("Received header, IPv6 client and HELO");
-	t = t_new(NULL, "2001:db8::25");
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT, GO);
-	t_send(t, "HELO old.example\r\n" MAIL_AB RCPT_CD "DATA\r\nx\r\n");
+	t = t_start("Received header, IPv6 client and HELO",
+	            (struct t_setup){ .client_ip = "2001:db8::25",
+	                              .script = A(LHLO_ALL, OK_MAIL, OK_RCPT, GO),
+	                              .input = "HELO old.example\r\n" MAIL_AB RCPT_CD
+	                                       "DATA\r\nx\r\n" });
 	check_received(t->f.received, "Received: from old.example ([IPv6:2001:db8::25])\r\n"
 	                              "\tby " HOST " (mxfront) with SMTP id s1.1\r\n"
 	                              "\tfor <c@d.example>; ");
 	t_free(t);
 
-	check_case("Received header comes first, once");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "x\r\n.\r\n");
+	t = t_start("Received header comes first, once",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "x\r\n.\r\n" });
 	CHECK_STR_EQ(t->f.log, TX1_LOG "data:x\r\nend:1\n");
 	t_free(t);
 
-	check_case("Received header with an empty message");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN ".\r\n");
+	t = t_start("Received header with an empty message",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN ".\r\n" });
 	CHECK_STR_EQ(t->f.log, TX1_LOG "end:1\n");
 	t_free(t);
 }
@@ -1141,12 +1116,9 @@ static void test_data_limits(void)
 {
 	char line[1100];
 
-	check_case("data line of exactly 1000 octets");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "250 2.0.0 ok");
-	t_send(t, TX1_IN);
+	struct t *t = t_start("data line of exactly 1000 octets",
+	                      (struct t_setup){ .script = A(TX1_ANS, "250 2.0.0 ok"),
+	                                        .input = TX1_IN });
 	t_log(t);
 	memset(line, 'x', 998);
 	memcpy(line + 998, "\r\n", 3);
@@ -1159,12 +1131,8 @@ static void test_data_limits(void)
 	      "the 1000-octet line goes to the backend, then the end");
 	t_free(t);
 
-	check_case("data line of 1001 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "before\r\n");
+	t = t_start("data line of 1001 octets",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "before\r\n" });
 	t_log(t);
 	memset(line, 'x', 999);
 	memcpy(line + 999, "\r\n", 3);
@@ -1175,12 +1143,8 @@ static void test_data_limits(void)
 	CHECK_INT_EQ(t->f.nend, 0);
 	t_free(t);
 
-	check_case("data line too long, sent in pieces");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	t = t_start("data line too long, sent in pieces",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN });
 	t_log(t);
 	memset(line, 'y', 700);
 	line[700] = '\0';
@@ -1192,12 +1156,8 @@ static void test_data_limits(void)
 	CHECK_STR_EQ(skip_received(t_log(t)), "abort\n");
 	t_free(t);
 
-	check_case("message over max_message_size while streaming");
-	t = t_new(NULL, NULL); /* 10k = 10240 */
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	t = t_start("message over max_message_size while streaming",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN }); /* 10k = 10240 */
 	t_log(t);
 	memset(line, 'z', 1022);
 	memcpy(line + 1022, "\r\n", 3);
@@ -1224,12 +1184,8 @@ static void test_data_limits(void)
 
 static void test_backend_failures(void)
 {
-	check_case("backend lost during DATA");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\r\n");
+	struct t *t = t_start("backend lost during DATA",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\r\n" });
 	t_log(t);
 	smtp_backend_failed(t->s);
 	t_send(t, "b\r\n.\r\nNOOP\r\n");
@@ -1240,12 +1196,9 @@ static void test_backend_failures(void)
 	CHECK_INT_EQ(t->f.nabort, 0);
 	t_free(t);
 
-	check_case("backend lost after MAIL");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C MAIL_AB RCPT_CD);
+	t = t_start("backend lost after MAIL",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                              .input = EHLO_C MAIL_AB RCPT_CD });
 	t_replies(t);
 	t_log(t);
 	smtp_backend_failed(t->s);
@@ -1255,23 +1208,15 @@ static void test_backend_failures(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("backend lost with no transaction changes nothing");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C);
+	t = t_start("backend lost with no transaction changes nothing",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C });
 	smtp_backend_failed(t->s);
 	t_send(t, MAIL_AB);
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL R_MAIL);
 	t_free(t);
 
-	check_case("the bad-data abort happens once");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\n");
+	t = t_start("the bad-data abort happens once",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\n" });
 	smtp_backend_failed(t->s);
 	t_send(t, "b\rc\r\n");
 	char big[1200];
@@ -1286,12 +1231,8 @@ static void test_backend_failures(void)
 
 static void test_goodbye(void)
 {
-	check_case("goodbye during DATA aborts the backend transaction");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\r\n");
+	struct t *t = t_start("goodbye during DATA aborts the backend transaction",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\r\n" });
 	t_replies(t);
 	t_log(t);
 	smtp_goodbye(t->s, "4.4.2", "Timeout, closing connection", "timeout");
@@ -1304,23 +1245,15 @@ static void test_goodbye(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("goodbye after bad data does not abort twice");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\n");
+	t = t_start("goodbye after bad data does not abort twice",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\n" });
 	t_log(t);
 	smtp_goodbye(t->s, "4.4.2", "Timeout", "timeout");
 	CHECK_STR_EQ(t_log(t), "close:timeout\n");
 	t_free(t);
 
-	check_case("goodbye between commands");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("goodbye between commands",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_log(t);
 	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
@@ -1328,12 +1261,8 @@ static void test_goodbye(void)
 	CHECK_STR_EQ(t_log(t), "close:shutdown\n");
 	t_free(t);
 
-	check_case("goodbye while pipelined answers are awaited: nothing after the 421");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C MAIL_AB RCPT_CD);
+	t = t_start("goodbye while pipelined answers are awaited: nothing after the 421",
+	            (struct t_setup){ .script = A(LHLO_ALL), .input = EHLO_C MAIL_AB RCPT_CD });
 	t->script = NULL;
 	CHECK(smtp_waiting(t->s), "MAIL and RCPT at the backend");
 	t_replies(t);
@@ -1354,13 +1283,11 @@ static void test_goodbye(void)
 
 static void test_starttls(void)
 {
-	check_case("STARTTLS offered with a certificate");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C "HELP\r\nSTARTTLS x\r\n" MAIL_AB "STARTTLS\r\nRSET\r\n");
+	struct t *t = t_start("STARTTLS offered with a certificate",
+	                      (struct t_setup){ .tls = true,
+	                                        .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C "HELP\r\nSTARTTLS x\r\n" MAIL_AB
+	                                                 "STARTTLS\r\nRSET\r\n" });
 	CHECK_STR_EQ(t_replies(t),
 	             GREET EHLO_TLS
 	             "214 2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n"
@@ -1369,13 +1296,8 @@ static void test_starttls(void)
 	CHECK_INT_EQ(t->f.nstarttls, 0);
 	t_free(t);
 
-	check_case("STARTTLS: the session starts over");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C);
+	t = t_start("STARTTLS: the session starts over",
+	            (struct t_setup){ .tls = true, .script = A(LHLO_ALL), .input = EHLO_C });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1405,12 +1327,8 @@ static void test_starttls(void)
 	                              "\tfor <c@d.example>; ");
 	t_free(t);
 
-	check_case("STARTTLS before EHLO");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t_send(t, "STARTTLS\r\n");
+	t = t_start("STARTTLS before EHLO",
+	            (struct t_setup){ .tls = true, .input = "STARTTLS\r\n" });
 	CHECK_STR_EQ(t_replies(t), GREET "220 2.0.0 Ready to start TLS\r\n");
 	CHECK_INT_EQ(t->f.nstarttls, 1);
 	/* A handshake result nobody waits for is ignored. */
@@ -1421,13 +1339,11 @@ static void test_starttls(void)
 	CHECK_STR_EQ(t_replies(t), EHLO_ALL);
 	t_free(t);
 
-	check_case("tls require: MAIL needs STARTTLS first");
-	t = t_new(CONF("[tls]\nrequire = yes\n"), NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C MAIL_AB "STARTTLS\r\n");
+	t = t_start("tls require: MAIL needs STARTTLS first",
+	            (struct t_setup){ .conf = CONF("[tls]\nrequire = yes\n"),
+	                              .tls = true,
+	                              .script = A(LHLO_ALL),
+	                              .input = EHLO_C MAIL_AB "STARTTLS\r\n" });
 	CHECK_STR_EQ(t_replies(t), GREET EHLO_TLS "530 5.7.0 Must issue a STARTTLS command first\r\n"
 	                           "220 2.0.0 Ready to start TLS\r\n");
 	t_answer(t, TLS_INFO);
@@ -1445,11 +1361,8 @@ static void test_starttls(void)
  * (RFC 5321 4.4: a server MUST insert one). */
 static void test_received_always(void)
 {
-	check_case("Received header with long names is still sent");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
+	struct t *t = t_start("Received header with long names is still sent",
+	                      (struct t_setup){ .tls = true });
 	char helo[256], rcpt[600], info[200], cmd[1200];
 	memset(helo, 'h', 255);
 	helo[255] = '\0';
@@ -1470,10 +1383,7 @@ static void test_received_always(void)
 
 static void test_long_command(void)
 {
-	check_case("over-long command");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	struct t *t = t_start("over-long command", (struct t_setup){ 0 });
 	char line[700];
 	memcpy(line, "NOOP ", 5);
 	memset(line + 5, 'a', 600);
@@ -1482,10 +1392,7 @@ static void test_long_command(void)
 	CHECK_STR_EQ(t->f.replies, GREET "500 5.5.2 Line too long\r\n" R_OK250);
 	t_free(t);
 
-	check_case("command of exactly 512 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	t = t_start("command of exactly 512 octets", (struct t_setup){ 0 });
 	memcpy(line, "NOOP ", 5);
 	memset(line + 5, 'a', 505);
 	memcpy(line + 510, "\r\n", 3);
@@ -1494,12 +1401,8 @@ static void test_long_command(void)
 	CHECK_STR_EQ(t->f.replies, GREET R_OK250);
 	t_free(t);
 
-	check_case("over-long MAIL in pieces is not executed");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C "MAIL FROM:<");
+	t = t_start("over-long MAIL in pieces is not executed",
+	            (struct t_setup){ .script = A(LHLO_ALL), .input = EHLO_C "MAIL FROM:<" });
 	memset(line, 'a', 400);
 	line[400] = '\0';
 	t_send(t, line);
@@ -1517,12 +1420,9 @@ static void test_long_command(void)
  * (553 5.6.7) but smtp_cmd_rcpt forwards a UTF-8 recipient to the backend. */
 static void test_rcpt_utf8_needs_smtputf8(void)
 {
-	check_case("rcpt: UTF-8 recipient without MAIL ... SMTPUTF8");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("rcpt: UTF-8 recipient without MAIL ... SMTPUTF8",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                                        .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_log(t);
 	t_send(t, "RCPT TO:<j\xc3\xb6@d.example>\r\n");
@@ -1531,12 +1431,10 @@ static void test_rcpt_utf8_needs_smtputf8(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("rcpt: UTF-8 recipient after MAIL ... SMTPUTF8");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C "MAIL FROM:<a@b.example> SMTPUTF8\r\nRCPT TO:<j\xc3\xb6@d.example>\r\n");
+	t = t_start("rcpt: UTF-8 recipient after MAIL ... SMTPUTF8",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                              .input = EHLO_C "MAIL FROM:<a@b.example> SMTPUTF8\r\n"
+	                                              "RCPT TO:<j\xc3\xb6@d.example>\r\n" });
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL R_MAIL R_RCPT);
 	t_free(t);
 }
@@ -1547,12 +1445,9 @@ static void test_rcpt_utf8_needs_smtputf8(void)
  * forever. The reply check in fake_reply reports it. */
 static void test_long_multiline_reply(void)
 {
-	check_case("many-line backend reply keeps its last line");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("many-line backend reply keeps its last line",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_send(t, RCPT_CD);
 	char answer[1200];
@@ -1582,9 +1477,9 @@ static void ehlo_long_names_child(void)
 	/* 63 + 1 + 63 + 1 + 61 = 189 */
 	snprintf(host, sizeof host, "%.63s.%.63s.%.61s", L63_A, L63_A, L63_A);
 	snprintf(conf, sizeof conf, "hostname=%s\nmax_message_size = 10k\n", host);
-	struct t *t = t_new(conf, "2001:db8:1111:2222:3333:4444:5555:6666");
-	if (!t)
-		return;
+	struct t *t = t_start("EHLO reply with a long hostname and EHLO name",
+	                      (struct t_setup){ .conf = conf,
+	                                        .client_ip = "2001:db8:1111:2222:3333:4444:5555:6666" });
 	memset(helo, 'h', 255);
 	helo[255] = '\0';
 	snprintf(cmd, sizeof cmd, "EHLO %s\r\n", helo);
@@ -1688,38 +1583,26 @@ static void test_map_lmtp(void)
  * at the edges, and normalisation pushing a line past 1000 octets. */
 static void test_fuzz_findings(void)
 {
-	check_case("354 to MAIL is never passed on");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, "354 go ahead");
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("354 to MAIL is never passed on",
+	                      (struct t_setup){ .script = A(LHLO_ALL, "354 go ahead"),
+	                                        .input = EHLO_C MAIL_AB });
 	CHECK_STR_EQ(t->f.replies,
 	             GREET EHLO_ALL "451 4.4.2 Backend protocol error, try again later\r\n");
 	t_free(t);
 
-	check_case("3xx after the final dot is a 451");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "354 more?");
-	t_send(t, TX1_IN "a\r\n.\r\n");
+	t = t_start("3xx after the final dot is a 451",
+	            (struct t_setup){ .script = A(TX1_ANS, "354 more?"),
+	                              .input = TX1_IN "a\r\n.\r\n" });
 	CHECK_STR_EQ(t->f.replies, TX1_OUT "451 4.4.2 Backend protocol error, try again later\r\n");
 	t_free(t);
 
-	check_case("an empty last reply line still ends the reply");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, "250-2.1.0 first\n250 ");
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("an empty last reply line still ends the reply",
+	            (struct t_setup){ .script = A(LHLO_ALL, "250-2.1.0 first\n250 "),
+	                              .input = EHLO_C MAIL_AB });
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL "250-2.1.0 first\r\n250 2.0.0 \r\n");
 	t_free(t);
 
-	check_case("a backend reply line is cut to 512 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	t = t_start("a backend reply line is cut to 512 octets", (struct t_setup){ 0 });
 	char longrep[600];
 	memset(longrep, 'x', sizeof longrep - 1);
 	memcpy(longrep, "550 5.1.1 ", 10);
@@ -1731,12 +1614,9 @@ static void test_fuzz_findings(void)
 	CHECK(strlen(r) <= 512 && strlen(r) >= 400, "reply of %zu octets", strlen(r));
 	t_free(t);
 
-	check_case("SIZE counts the message without its stuffing dots (RFC 1870)");
-	t = t_new(NULL, NULL); /* max_message_size = 10k */
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "250 2.0.0 ok");
-	t_send(t, TX1_IN);
+	t = t_start("SIZE counts the message without its stuffing dots (RFC 1870)",
+	            (struct t_setup){ .script = A(TX1_ANS, "250 2.0.0 ok"),
+	                              .input = TX1_IN }); /* max_message_size = 10k */
 	char stuffed[514];
 	memset(stuffed, 'q', sizeof stuffed);
 	stuffed[0] = stuffed[1] = '.'; /* "..qqq": 512 octets of message, 513 on the wire */
@@ -1748,11 +1628,9 @@ static void test_fuzz_findings(void)
 	      t->f.replies + strlen(TX1_OUT));
 	t_free(t);
 
-	check_case("normalize: a line that grows past 1000 octets is refused");
-	t = t_new(DEFAULT_CONF "[smtp]\nbare_newline = normalize\n", NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
+	t = t_start("normalize: a line that grows past 1000 octets is refused",
+	            (struct t_setup){ .conf = DEFAULT_CONF "[smtp]\nbare_newline = normalize\n",
+	                              .script = A(TX1_ANS) });
 	char line[1001];
 	memset(line, 'y', 999);
 	line[999] = '\n'; /* 999 octets and a bare LF: 1001 once it is CRLF */
