@@ -42,6 +42,7 @@ struct fake {
 	unsigned nreceived, nabort, nclose, nhello, nend, nstarttls;
 	/* backend calls awaiting an answer, oldest first */
 	enum fake_pending pend[64];
+	char pend_verb[64][5]; /* PEND_COMMAND: the command's first four letters */
 	unsigned npend;
 	bool backend_pipelining; /* the last hello answer offered PIPELINING */
 	bool drop_input; /* STARTTLS: the session drops what the client sent after it */
@@ -141,12 +142,21 @@ static void fake_begin(struct fake *f, const char *what, enum fake_pending p)
 		f->pend[f->npend++] = p;
 }
 
+static void fake_begin_command(struct fake *f, const char *line, size_t len)
+{
+	fake_begin(f, "backend_command", PEND_COMMAND);
+	if (f->npend <= N_ELEMS(f->pend))
+		snprintf(f->pend_verb[f->npend - 1], sizeof f->pend_verb[0], "%.*s",
+		         (int)(len < 4 ? len : 4), line);
+}
+
 static enum fake_pending fake_pop(struct fake *f)
 {
 	if (!f->npend)
 		return PEND_NONE;
 	enum fake_pending p = f->pend[0];
 	memmove(f->pend, f->pend + 1, --f->npend * sizeof f->pend[0]);
+	memmove(f->pend_verb, f->pend_verb + 1, f->npend * sizeof f->pend_verb[0]);
 	return p;
 }
 
@@ -161,7 +171,7 @@ static void fake_backend_hello(void *ctx, const char *helo)
 static void fake_backend_command(void *ctx, const char *line, size_t len)
 {
 	struct fake *f = ctx;
-	fake_begin(f, "backend_command", PEND_COMMAND);
+	fake_begin_command(f, line, len);
 	CHECK_SILENT(len >= 2 && line[len - 2] == '\r' && line[len - 1] == '\n' &&
 	          !memchr(line, '\n', len - 1) && !memchr(line, '\r', len - 2),
 	      "a backend command is one CRLF line");
@@ -445,6 +455,24 @@ static void t_answer(struct t *t, const char *answer)
 {
 	t_answer_now(t, answer);
 	t_pump(t);
+}
+
+/* Gives every awaited backend call its usual success, whatever the script
+ * says, until none is awaited or a TLS handshake is (it stays in progress). */
+static void t_settle(struct t *t)
+{
+	while (t->f.npend && t->f.pend[0] != PEND_TLS && !t->f.nclose) {
+		const char *verb = t->f.pend_verb[0], *ok = "250 2.0.0 Ok";
+		if (t->f.pend[0] == PEND_HELLO)
+			ok = "250-backend.example\n250-PIPELINING\n250-SMTPUTF8\n250 DSN";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "DATA") == 0)
+			ok = "354 Go ahead";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "MAIL") == 0)
+			ok = "250 2.1.0 Ok";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "RCPT") == 0)
+			ok = "250 2.1.5 Ok";
+		t_answer(t, ok);
+	}
 }
 
 /* Replies (or backend actions) since the previous call. */
@@ -1354,6 +1382,240 @@ static void test_starttls(void)
 	t_free(t);
 }
 
+/* ---- the rules: every verb in every state ---- */
+
+#define R_NEED_HELO "503 5.5.1 Send EHLO or HELO first\r\n"
+#define R_NEED_MAIL "503 5.5.1 Need MAIL command first\r\n"
+#define R_502 "502 5.5.1 Command not implemented\r\n"
+#define R_HELP_TLS "214 2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n"
+#define R_ERROR_LIMIT "421 4.7.0 " HOST " Too many errors, closing connection\r\n"
+#define R_JUNK_LIMIT "421 4.7.0 " HOST " Too many commands without mail, closing connection\r\n"
+
+/* The states a command can meet: greeted, after EHLO, in a transaction
+ * (MAIL accepted), each with a certificate loaded. */
+enum { IN_GREETED, IN_READY, IN_MAIL, N_STATES };
+
+static const struct t_setup verb_states[N_STATES] = {
+	[IN_GREETED] = { .tls = true },
+	[IN_READY] = { .tls = true, .script = A(LHLO_ALL), .input = EHLO_C },
+	[IN_MAIL] = { .tls = true, .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB },
+};
+
+struct verb_case {
+	const char *line; /* without its CRLF */
+	/* Taken at once behind a pipelined MAIL and RCPT whose answers are
+	 * awaited (it goes to the backend); otherwise it waits for them. */
+	bool joins;
+	struct {
+		const char *reply;
+		/* "e": counts towards max_errors; "j": towards max_junk_commands
+		 * (before anything is said) */
+		const char *counts;
+	} in[N_STATES];
+};
+
+static const struct verb_case verb_cases[] = {
+	{ "EHLO client.example", false, { { EHLO_TLS, "" }, { EHLO_TLS, "j" }, { EHLO_TLS, "j" } } },
+	{ "HELO client.example", false,
+	  { { "250 " HOST "\r\n", "" }, { "250 " HOST "\r\n", "j" }, { "250 " HOST "\r\n", "j" } } },
+	{ "EHLO", false,
+	  { { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" }, { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" },
+	    { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" } } },
+	{ "MAIL FROM:<a@b.example>", false,
+	  { { R_NEED_HELO, "e" }, { R_MAIL, "" }, { "503 5.5.1 Nested MAIL command\r\n", "e" } } },
+	{ "RCPT TO:<c@d.example>", true, { { R_NEED_MAIL, "e" }, { R_NEED_MAIL, "e" }, { R_RCPT, "" } } },
+	{ "RCPT TO:<>", false,
+	  { { R_NEED_MAIL, "e" }, { R_NEED_MAIL, "e" },
+	    { "553 5.1.3 Bad recipient address syntax\r\n", "e" } } },
+	{ "DATA", true,
+	  { { R_NEED_HELO, "e" }, { R_NEED_MAIL, "e" }, { "554 5.5.1 No valid recipients\r\n", "e" } } },
+	{ "DATA x", false,
+	  { { "501 5.5.4 Syntax: DATA\r\n", "e" }, { "501 5.5.4 Syntax: DATA\r\n", "e" },
+	    { "501 5.5.4 Syntax: DATA\r\n", "e" } } },
+	{ "RSET", false, { { R_OK250, "j" }, { R_OK250, "j" }, { R_OK250, "" } } },
+	{ "RSET x", false,
+	  { { "501 5.5.4 Syntax: RSET\r\n", "e" }, { "501 5.5.4 Syntax: RSET\r\n", "e" },
+	    { "501 5.5.4 Syntax: RSET\r\n", "e" } } },
+	{ "NOOP", false, { { R_OK250, "j" }, { R_OK250, "j" }, { R_OK250, "j" } } },
+	{ "QUIT", false,
+	  { { "221 2.0.0 " HOST " Bye\r\n", "" }, { "221 2.0.0 " HOST " Bye\r\n", "" },
+	    { "221 2.0.0 " HOST " Bye\r\n", "" } } },
+	{ "VRFY postmaster", false,
+	  { { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" },
+	    { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" },
+	    { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" } } },
+	{ "HELP", false, { { R_HELP_TLS, "j" }, { R_HELP_TLS, "j" }, { R_HELP_TLS, "j" } } },
+	{ "STARTTLS", false,
+	  { { "220 2.0.0 Ready to start TLS\r\n", "" }, { "220 2.0.0 Ready to start TLS\r\n", "" },
+	    { "503 5.5.1 STARTTLS not allowed in a mail transaction\r\n", "e" } } },
+	{ "STARTTLS x", false,
+	  { { "501 5.5.4 Syntax: STARTTLS\r\n", "e" }, { "501 5.5.4 Syntax: STARTTLS\r\n", "e" },
+	    { "501 5.5.4 Syntax: STARTTLS\r\n", "e" } } },
+	{ "EXPN list", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "BDAT 10 LAST", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "AUTH PLAIN", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "XYZZY", false,
+	  { { "500 5.5.2 Command unrecognized\r\n", "je" }, { "500 5.5.2 Command unrecognized\r\n", "je" },
+	    { "500 5.5.2 Command unrecognized\r\n", "je" } } },
+};
+
+/* What LINE gets in state STATE, with CONF and EXTRA client bytes before it. */
+static const char *verb_reply(const char *name, int state, const char *conf, const char *extra,
+                              const char *line, struct t **tp)
+{
+	struct t_setup setup = verb_states[state];
+	setup.conf = conf;
+	struct t *t = *tp = t_start(name, setup);
+	if (extra)
+		t_send(t, extra);
+	t->script = NULL;
+	t_replies(t);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "%s\r\n", line);
+	t_send(t, cmd);
+	t_settle(t);
+	return t_replies(t);
+}
+
+static void test_verbs_in_states(void)
+{
+	static const char *const names[N_STATES] = { "greeted", "after EHLO", "in a transaction" };
+	char name[N_ELEMS(verb_cases)][N_STATES][3][96];
+	for (size_t i = 0; i < N_ELEMS(verb_cases); i++) {
+		const struct verb_case *c = &verb_cases[i];
+		for (int st = 0; st < N_STATES; st++) {
+			const char *want = c->in[st].reply;
+			bool error = strchr(c->in[st].counts, 'e'), junk = strchr(c->in[st].counts, 'j');
+			char buf[1024];
+			struct t *t;
+			snprintf(name[i][st][0], sizeof name[0][0][0], "%s, %s", c->line, names[st]);
+			CHECK_STR_EQ(verb_reply(name[i][st][0], st, NULL, NULL, c->line, &t), want);
+			t_free(t);
+
+			snprintf(name[i][st][1], sizeof name[0][0][0], "%s, %s, max_errors = 1", c->line,
+			         names[st]);
+			snprintf(buf, sizeof buf, "%s%s", want, error ? R_ERROR_LIMIT : "");
+			CHECK_STR_EQ(verb_reply(name[i][st][1], st, CONF("max_errors = 1\n"), NULL, c->line, &t),
+			             buf);
+			t_free(t);
+
+			/* The NOOP before it is the one junk command allowed. */
+			snprintf(name[i][st][2], sizeof name[0][0][0], "%s, %s, max_junk_commands = 1",
+			         c->line, names[st]);
+			const char *got = verb_reply(name[i][st][2], st, CONF("max_junk_commands = 1\n"),
+			                             "NOOP\r\n", c->line, &t);
+			CHECK_STR_EQ(got, junk ? R_JUNK_LIMIT : want);
+			t_free(t);
+		}
+	}
+}
+
+/* The rules that hang on TLS, and which of two refusals comes first. */
+static const struct {
+	const char *name;
+	struct t_setup setup;
+	const char *more; /* client bytes after the setup's (a STARTTLS drops what follows it) */
+	const char *line;
+	const char *want;
+} tls_rule_cases[] = {
+	{ "STARTTLS under TLS", { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL,
+	  "STARTTLS", "503 5.5.1 TLS already active\r\n" },
+	{ "STARTTLS under TLS, after EHLO",
+	  { .tls = true, .script = A(TLS_INFO, LHLO_ALL), .input = "STARTTLS\r\n" }, EHLO_C, "STARTTLS",
+	  "503 5.5.1 TLS already active\r\n" },
+	{ "STARTTLS with an argument under TLS: syntax first",
+	  { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL, "STARTTLS x",
+	  "501 5.5.4 Syntax: STARTTLS\r\n" },
+	{ "STARTTLS without a certificate", { 0 }, NULL, "STARTTLS", R_502 },
+	{ "STARTTLS without a certificate, after EHLO", { .script = A(LHLO_ALL), .input = EHLO_C }, NULL,
+	  "STARTTLS", R_502 },
+	{ "STARTTLS without a certificate, in a transaction: 502 before 503",
+	  { .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB }, NULL, "STARTTLS", R_502 },
+	{ "HELP without a certificate", { 0 }, NULL, "HELP",
+	  "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n" },
+	{ "HELP under TLS", { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL, "HELP",
+	  "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n" },
+	{ "tls require: MAIL before EHLO: 503 before 530",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true }, NULL, "MAIL FROM:<a@b.example>",
+	  R_NEED_HELO },
+	{ "tls require: MAIL after EHLO",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true, .script = A(LHLO_ALL), .input = EHLO_C },
+	  NULL, "MAIL FROM:<a@b.example>", "530 5.7.0 Must issue a STARTTLS command first\r\n" },
+	{ "tls require: MAIL under TLS",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true, .script = A(TLS_INFO, LHLO_ALL),
+	    .input = "STARTTLS\r\n" },
+	  EHLO_C, "MAIL FROM:<a@b.example>", R_MAIL },
+};
+
+static void test_tls_rules(void)
+{
+	for (size_t i = 0; i < N_ELEMS(tls_rule_cases); i++) {
+		struct t *t = t_start(tls_rule_cases[i].name, tls_rule_cases[i].setup);
+		if (tls_rule_cases[i].more)
+			t_send(t, tls_rule_cases[i].more);
+		CHECK(!t->script || !t->script[t->iscript], "the setup's answers are all taken");
+		t->script = NULL;
+		t_replies(t);
+		char cmd[128];
+		snprintf(cmd, sizeof cmd, "%s\r\n", tls_rule_cases[i].line);
+		t_send(t, cmd);
+		t_settle(t);
+		CHECK_STR_EQ(t_replies(t), tls_rule_cases[i].want);
+		t_free(t);
+	}
+}
+
+/* With MAIL and RCPT pipelined and their answers awaited, a clean RCPT or
+ * DATA goes to the backend at once; anything else, a line with a bad
+ * ending included, waits until the answers are in. */
+static void test_verbs_pipelined(void)
+{
+	static const struct {
+		const char *name;
+		struct bytes line;
+		bool joins;
+	} bad_endings[] = {
+		{ "RCPT ended by a bare LF", B("RCPT TO:<e@f.example>\n"), false },
+		{ "RCPT with a NUL", B("RCPT TO:<e@f\0.example>\r\n"), false },
+		{ "DATA ended by a bare LF", B("DATA\n"), false },
+		{ "RCPT with CRLF", B("RCPT TO:<e@f.example>\r\n"), true },
+	};
+	char name[N_ELEMS(verb_cases) + N_ELEMS(bad_endings)][96];
+	for (size_t i = 0; i < N_ELEMS(verb_cases) + N_ELEMS(bad_endings); i++) {
+		char line[128];
+		struct bytes in;
+		bool joins;
+		if (i < N_ELEMS(verb_cases)) {
+			snprintf(line, sizeof line, "%s\r\n", verb_cases[i].line);
+			in = (struct bytes){ line, strlen(line) };
+			joins = verb_cases[i].joins;
+			snprintf(name[i], sizeof name[i], "%s behind a pipelined MAIL and RCPT",
+			         verb_cases[i].line);
+		} else {
+			in = bad_endings[i - N_ELEMS(verb_cases)].line;
+			joins = bad_endings[i - N_ELEMS(verb_cases)].joins;
+			snprintf(name[i], sizeof name[i], "%s, behind a pipelined MAIL and RCPT",
+			         bad_endings[i - N_ELEMS(verb_cases)].name);
+		}
+		struct t *t = t_start(name[i], (struct t_setup){ .tls = true, .script = A(LHLO_ALL),
+		                                                 .input = EHLO_C });
+		t->script = NULL;
+		t_replies(t);
+		t_log(t);
+		t_send(t, MAIL_AB RCPT_CD);
+		t_sendn(t, in.s, in.n);
+		const char *log = t_log(t);
+		CHECK(strncmp(log, L_MAIL L_RCPT_CD, strlen(L_MAIL L_RCPT_CD)) == 0, "%s", log);
+		CHECK(joins == (strlen(log) > strlen(L_MAIL L_RCPT_CD)), "%s goes to the backend: %s",
+		      joins ? "it" : "nothing more", log);
+		CHECK_STR_EQ(t_replies(t), "");
+		CHECK(joins || smtp_busy(t->s), "held until the answers are in");
+		t_settle(t);
+		CHECK(!smtp_busy(t->s) || t->f.npend, "taken once they are");
+		t_free(t);
+	}
+}
+
 /* smtp_send_received formats into char hdr[1024] and sends nothing when the
  * header does not fit, so a long EHLO name, a long recipient and a long TLS
  * comment (its sni= is the client's) make the message go to the backend
@@ -1658,6 +1920,9 @@ int main(void)
 	test_backend_failures();
 	test_goodbye();
 	test_starttls();
+	test_verbs_in_states();
+	test_verbs_pipelined();
+	test_tls_rules();
 	test_long_command();
 	test_map_lmtp();
 	test_rcpt_utf8_needs_smtputf8();
