@@ -84,6 +84,7 @@ void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt)
 	assert(s->qlen < SMTP_PIPE_MAX);
 	struct smtp_await *a = &s->q[(s->qhead + s->qlen++) % SMTP_PIPE_MAX];
 	a->what = what;
+	a->ends_group = !s->group_open;
 	a->rcpt = rcpt;
 	if (what == SMTP_WAIT_RCPT)
 		s->rcpts_waiting++;
@@ -184,24 +185,15 @@ static void smtp_hello_continue(struct smtp *s)
 	s->ops->backend_hello(s->ctx, s->helo);
 }
 
-static bool smtp_junk(struct smtp *s);
-
-static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args, size_t len)
+/* ARGS is a name the table's SMTP_ARGS_HELLO let through: one word. */
+static void smtp_cmd_hello(struct smtp *s, bool esmtp, const char *args, size_t len)
 {
 	size_t n = 0;
-	while (n < len && (unsigned char)args[n] > ' ' && (unsigned char)args[n] < 0x7f)
+	while (n < len && args[n] != ' ')
 		n++;
-	if (n == 0 || n >= sizeof s->helo || (n < len && args[n] != ' ')) {
-		smtp_error(s, verb == SMTP_VERB_EHLO ? "501 5.5.4 Syntax: EHLO hostname"
-		                                     : "501 5.5.4 Syntax: HELO hostname");
-		return;
-	}
-	/* A client saying hello again and again without mail is idling. */
-	if (s->state != SMTP_STATE_GREETED && smtp_junk(s))
-		return;
 	memcpy(s->helo, args, n);
 	s->helo[n] = '\0';
-	s->esmtp = verb == SMTP_VERB_EHLO;
+	s->esmtp = esmtp;
 	bool had_tx = s->backend_tx;
 	smtp_tx_reset(s);
 	s->state = SMTP_STATE_READY;
@@ -212,6 +204,16 @@ static void smtp_cmd_hello(struct smtp *s, enum smtp_verb verb, const char *args
 		return;
 	}
 	smtp_hello_continue(s);
+}
+
+static void smtp_cmd_ehlo(struct smtp *s, const char *args, size_t len)
+{
+	smtp_cmd_hello(s, true, args, len);
+}
+
+static void smtp_cmd_helo(struct smtp *s, const char *args, size_t len)
+{
+	smtp_cmd_hello(s, false, args, len);
 }
 
 void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned caps)
@@ -299,18 +301,6 @@ static const char *smtp_path_reply(enum smtp_path_error e, bool mail)
 
 static void smtp_cmd_mail(struct smtp *s, const char *args, size_t len)
 {
-	if (s->state == SMTP_STATE_GREETED) {
-		smtp_error(s, "503 5.5.1 Send EHLO or HELO first");
-		return;
-	}
-	if (s->state != SMTP_STATE_READY) {
-		smtp_error(s, "503 5.5.1 Nested MAIL command");
-		return;
-	}
-	if (s->cfg->tls_require && !s->tls) {
-		smtp_error(s, "530 5.7.0 Must issue a STARTTLS command first");
-		return;
-	}
 	struct smtp_path p;
 	bool utf8_ok = s->caps & SMTP_EXT_SMTPUTF8;
 	enum smtp_path_error e = smtp_parse_path(args, len, "FROM:", true, false, utf8_ok, &p);
@@ -370,9 +360,7 @@ static const char *smtp_rcpt_params(struct smtp *s, const struct smtp_path *p, c
 static const char *smtp_rcpt_check(struct smtp *s, const char *args, size_t len, char *line,
                                    size_t size, char *addr, bool *error)
 {
-	*error = s->state != SMTP_STATE_MAIL;
-	if (*error)
-		return "503 5.5.1 Need MAIL command first";
+	*error = false;
 	if (s->nrcpt + s->rcpts_waiting >= s->cfg->max_recipients)
 		return "452 4.5.3 Too many recipients";
 	if (s->backend_lost)
@@ -415,33 +403,12 @@ static void smtp_cmd_rcpt(struct smtp *s, const char *args, size_t len)
 	}
 }
 
-/* ---- RSET, QUIT and the simple ones ---- */
-
-/* Commands that move no mail forward (NOOP, VRFY, HELP, unknown, ...):
- * a client that sends too many is wasting the slot. Returns true when it
- * was one too many and the session is ending. */
-static bool smtp_junk(struct smtp *s)
-{
-	if (++s->junk <= s->cfg->max_junk_commands)
-		return false;
-	log_info("sess=%s event=junk_limit commands=%u", s->id, s->junk);
-	smtp_send(s, "421 4.7.0 %s Too many commands without mail, closing connection",
-	          s->cfg->hostname);
-	s->state = SMTP_STATE_CLOSED;
-	s->ops->close(s->ctx, "junk_limit");
-	return true;
-}
-
+/* ---- RSET ---- */
 
 static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 {
-	if (len) {
-		smtp_error(s, "501 5.5.4 Syntax: RSET");
-		return;
-	}
+	(void)args, (void)len;
 	bool had_tx = s->backend_tx && !s->backend_lost;
-	if (s->state != SMTP_STATE_MAIL && smtp_junk(s))
-		return;
 	smtp_tx_reset(s);
 	if (had_tx) {
 		smtp_await(s, SMTP_WAIT_RSET, NULL);
@@ -451,50 +418,50 @@ static void smtp_cmd_rset(struct smtp *s, const char *args, size_t len)
 	smtp_send(s, "250 2.0.0 Ok");
 }
 
-static void smtp_cmd_simple(struct smtp *s, enum smtp_verb verb)
+static void smtp_cmd_noop(struct smtp *s, const char *args, size_t len)
 {
-	if (verb != SMTP_VERB_QUIT && smtp_junk(s))
-		return;
-	switch (verb) {
-	case SMTP_VERB_NOOP:
-		smtp_send(s, "250 2.0.0 Ok");
-		break;
-	case SMTP_VERB_QUIT:
-		smtp_send(s, "221 2.0.0 %s Bye", s->cfg->hostname);
-		s->state = SMTP_STATE_CLOSED;
-		s->ops->close(s->ctx, "quit");
-		break;
-	case SMTP_VERB_VRFY:
-		smtp_send(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
-		break;
-	case SMTP_VERB_HELP:
-		smtp_send(s, "214 2.0.0 Commands: EHLO HELO %sMAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
-		          s->tls_available && !s->tls ? "STARTTLS " : "");
-		break;
-	default:
-		smtp_error(s, "502 5.5.1 Command not implemented");
-		break;
-	}
+	(void)args, (void)len;
+	smtp_send(s, "250 2.0.0 Ok");
 }
 
-static void smtp_cmd_starttls(struct smtp *s, size_t len)
+static void smtp_cmd_quit(struct smtp *s, const char *args, size_t len)
 {
-	if (len) {
-		smtp_error(s, "501 5.5.4 Syntax: STARTTLS");
-		return;
-	}
-	if (s->tls) {
-		smtp_error(s, "503 5.5.1 TLS already active");
-		return;
-	}
-	if (!s->tls_available) {
-		smtp_error(s, "502 5.5.1 Command not implemented");
-		return;
-	}
-	if (s->state == SMTP_STATE_MAIL) {
-		smtp_error(s, "503 5.5.1 STARTTLS not allowed in a mail transaction");
-		return;
-	}
+	(void)args, (void)len;
+	smtp_send(s, "221 2.0.0 %s Bye", s->cfg->hostname);
+	s->state = SMTP_STATE_CLOSED;
+	s->ops->close(s->ctx, "quit");
+}
+
+static void smtp_cmd_vrfy(struct smtp *s, const char *args, size_t len)
+{
+	(void)args, (void)len;
+	smtp_send(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void smtp_cmd_help(struct smtp *s, const char *args, size_t len)
+{
+	(void)args, (void)len;
+	smtp_send(s, "214 2.0.0 Commands: EHLO HELO %sMAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+	          s->tls_available && !s->tls ? "STARTTLS " : "");
+}
+
+static void smtp_cmd_unimplemented(struct smtp *s, const char *args, size_t len)
+{
+	(void)args, (void)len;
+	smtp_error(s, "502 5.5.1 Command not implemented");
+}
+
+static void smtp_cmd_unknown(struct smtp *s, const char *args, size_t len)
+{
+	(void)args, (void)len;
+	smtp_error(s, "500 5.5.2 Command unrecognized");
+}
+
+/* ---- STARTTLS ---- */
+
+static void smtp_cmd_starttls(struct smtp *s, const char *args, size_t len)
+{
+	(void)args, (void)len;
 	smtp_send(s, "220 2.0.0 Ready to start TLS");
 	smtp_await(s, SMTP_WAIT_TLS, NULL);
 	s->ops->starttls(s->ctx);
@@ -624,18 +591,148 @@ void smtp_backend_failed(struct smtp *s)
 	}
 }
 
-/* ---- dispatch ---- */
+/* ---- the command table ---- */
 
-static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned flags)
+/* What a command's argument must look like, else the entry's syntax reply. */
+enum smtp_args {
+	SMTP_ARGS_ANY,   /* the command checks it, if at all */
+	SMTP_ARGS_NONE,  /* nothing but spaces */
+	SMTP_ARGS_HELLO, /* a name: printable ASCII, under SMTP_HELO_MAX, then maybe more */
+};
+
+enum {
+	/* Refused (503) once TLS is active (RFC 3207 4.2). */
+	SMTP_CMD_NOT_AFTER_TLS = 1 << 0,
+	/* Refused (502) unless a certificate is loaded. */
+	SMTP_CMD_NEEDS_CERT = 1 << 1,
+	/* Refused (530) under [tls] require until TLS is active. */
+	SMTP_CMD_NEEDS_TLS = 1 << 2,
+	/* Joins a pipelined group (RFC 2920): taken while backend answers are
+	 * awaited, if it goes to the backend; any reply of its own waits for
+	 * them (smtp_defer). Every other line waits for them whole. */
+	SMTP_CMD_PIPELINED = 1 << 3,
+	/* What it asks of the backend ends a pipelined group: no line is taken
+	 * until every answer is in. (Without it, the group may go on.) */
+	SMTP_CMD_ENDS_GROUP = 1 << 4,
+};
+
+/* Sets of states, for the junk column. */
+#define SMTP_IN(state) (1u << (state))
+#define SMTP_JUNK_ALWAYS (SMTP_IN(SMTP_STATE_GREETED) | SMTP_IN(SMTP_STATE_READY) | \
+                          SMTP_IN(SMTP_STATE_MAIL))
+#define SMTP_JUNK_ONCE_GREETED (SMTP_IN(SMTP_STATE_READY) | SMTP_IN(SMTP_STATE_MAIL))
+#define SMTP_JUNK_OUTSIDE_MAIL (SMTP_IN(SMTP_STATE_GREETED) | SMTP_IN(SMTP_STATE_READY))
+
+#define SMTP_NEED_HELO "503 5.5.1 Send EHLO or HELO first"
+#define SMTP_NEED_MAIL "503 5.5.1 Need MAIL command first"
+
+/* A command is taken if its rules let it, checked in this order; the first
+ * that does not is the reply, counted towards max_errors:
+ *   1. ARGS, else SYNTAX;
+ *   2. the flags SMTP_CMD_NOT_AFTER_TLS, then SMTP_CMD_NEEDS_CERT;
+ *   3. the state: REFUSED[state], if set, is the reply;
+ *   4. the flag SMTP_CMD_NEEDS_TLS.
+ * Then, in the states of JUNK, it counts towards max_junk_commands (one
+ * too many ends the session), and RUN has it. */
+struct smtp_cmd {
+	void (*run)(struct smtp *s, const char *args, size_t len);
+	enum smtp_args args;
+	const char *syntax;
+	unsigned flags;
+	const char *refused[SMTP_COMMAND_STATES];
+	unsigned junk;
+};
+
+static const struct smtp_cmd smtp_cmds[] = {
+	[SMTP_VERB_EHLO] = { .run = smtp_cmd_ehlo, .args = SMTP_ARGS_HELLO,
+	                     .syntax = "501 5.5.4 Syntax: EHLO hostname",
+	                     .flags = SMTP_CMD_ENDS_GROUP, .junk = SMTP_JUNK_ONCE_GREETED },
+	[SMTP_VERB_HELO] = { .run = smtp_cmd_helo, .args = SMTP_ARGS_HELLO,
+	                     .syntax = "501 5.5.4 Syntax: HELO hostname",
+	                     .flags = SMTP_CMD_ENDS_GROUP, .junk = SMTP_JUNK_ONCE_GREETED },
+	[SMTP_VERB_STARTTLS] = { .run = smtp_cmd_starttls, .args = SMTP_ARGS_NONE,
+	                         .syntax = "501 5.5.4 Syntax: STARTTLS",
+	                         .flags = SMTP_CMD_NOT_AFTER_TLS | SMTP_CMD_NEEDS_CERT |
+	                                  SMTP_CMD_ENDS_GROUP,
+	                         .refused = { [SMTP_STATE_MAIL] = "503 5.5.1 STARTTLS not allowed "
+	                                                          "in a mail transaction" } },
+	[SMTP_VERB_MAIL] = { .run = smtp_cmd_mail, .flags = SMTP_CMD_NEEDS_TLS,
+	                     .refused = { [SMTP_STATE_GREETED] = SMTP_NEED_HELO,
+	                                  [SMTP_STATE_MAIL] = "503 5.5.1 Nested MAIL command" } },
+	[SMTP_VERB_RCPT] = { .run = smtp_cmd_rcpt, .flags = SMTP_CMD_PIPELINED,
+	                     .refused = { [SMTP_STATE_GREETED] = SMTP_NEED_MAIL,
+	                                  [SMTP_STATE_READY] = SMTP_NEED_MAIL } },
+	[SMTP_VERB_DATA] = { .run = smtp_cmd_data, .args = SMTP_ARGS_NONE,
+	                     .syntax = "501 5.5.4 Syntax: DATA",
+	                     .flags = SMTP_CMD_PIPELINED | SMTP_CMD_ENDS_GROUP,
+	                     .refused = { [SMTP_STATE_GREETED] = SMTP_NEED_HELO,
+	                                  [SMTP_STATE_READY] = SMTP_NEED_MAIL } },
+	[SMTP_VERB_RSET] = { .run = smtp_cmd_rset, .args = SMTP_ARGS_NONE,
+	                     .syntax = "501 5.5.4 Syntax: RSET",
+	                     .flags = SMTP_CMD_ENDS_GROUP, .junk = SMTP_JUNK_OUTSIDE_MAIL },
+	[SMTP_VERB_QUIT] = { .run = smtp_cmd_quit },
+	[SMTP_VERB_NOOP] = { .run = smtp_cmd_noop, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_VRFY] = { .run = smtp_cmd_vrfy, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_HELP] = { .run = smtp_cmd_help, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_EXPN] = { .run = smtp_cmd_unimplemented, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_BDAT] = { .run = smtp_cmd_unimplemented, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_AUTH] = { .run = smtp_cmd_unimplemented, .junk = SMTP_JUNK_ALWAYS },
+	[SMTP_VERB_UNKNOWN] = { .run = smtp_cmd_unknown, .junk = SMTP_JUNK_ALWAYS },
+};
+
+static bool smtp_args_fit(enum smtp_args kind, const char *args, size_t len)
 {
-	s->commands++;
-	/* With backend answers awaited, only a clean RCPT or DATA joins the
-	 * pipelined group; anything else waits until they are in (smtp_defer). */
-	if (flags && smtp_defer(s))
-		return;
+	if (kind == SMTP_ARGS_NONE)
+		return len == 0;
+	if (kind == SMTP_ARGS_ANY)
+		return true;
+	size_t n = 0;
+	while (n < len && (unsigned char)args[n] > ' ' && (unsigned char)args[n] < 0x7f)
+		n++;
+	return n > 0 && n < SMTP_HELO_MAX && (n == len || args[n] == ' ');
+}
+
+/* The reply refusing C with ARGS now, or NULL: rules 1 to 4 above. */
+static const char *smtp_refusal(const struct smtp *s, const struct smtp_cmd *c, const char *args,
+                                size_t len)
+{
+	if (!smtp_args_fit(c->args, args, len))
+		return c->syntax;
+	if ((c->flags & SMTP_CMD_NOT_AFTER_TLS) && s->tls)
+		return "503 5.5.1 TLS already active";
+	if ((c->flags & SMTP_CMD_NEEDS_CERT) && !s->tls_available)
+		return "502 5.5.1 Command not implemented";
+	if (c->refused[s->state])
+		return c->refused[s->state];
+	if ((c->flags & SMTP_CMD_NEEDS_TLS) && s->cfg->tls_require && !s->tls)
+		return "530 5.7.0 Must issue a STARTTLS command first";
+	return NULL;
+}
+
+/* Commands that move no mail forward (the table's junk column): a client
+ * that sends too many is wasting the slot. Returns true when it was one
+ * too many and the session is ending. */
+static bool smtp_junk(struct smtp *s)
+{
+	if (++s->junk <= s->cfg->max_junk_commands)
+		return false;
+	log_info("sess=%s event=junk_limit commands=%u", s->id, s->junk);
+	smtp_send(s, "421 4.7.0 %s Too many commands without mail, closing connection",
+	          s->cfg->hostname);
+	s->state = SMTP_STATE_CLOSED;
+	s->ops->close(s->ctx, "junk_limit");
+	return true;
+}
+
+/* ---- client lines ---- */
+
+/* The line ending's faults, which no command survives; LEN loses the ending.
+ * Returns false when the line was answered. */
+static bool smtp_line_ending(struct smtp *s, size_t *len, unsigned flags)
+{
 	if (flags & SMTP_LINE_TOO_LONG) {
 		smtp_error(s, "500 5.5.2 Line too long");
-		return;
+		return false;
 	}
 	/* [smtp] bare_newline = normalize takes a command ended by a bare LF as
 	 * if it had CRLF; a CR inside a command is never taken. */
@@ -645,45 +742,45 @@ static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned 
 	if (flags & (SMTP_LINE_BARE_LF | SMTP_LINE_BARE_CR | SMTP_LINE_NUL)) {
 		smtp_error(s, flags & SMTP_LINE_NUL ? "500 5.5.2 NUL byte in command"
 		                                    : "500 5.5.2 Bare CR or LF in command, use CRLF");
-		return;
+		return false;
 	}
-	len -= lf_only ? 1 : 2; /* the line ending */
+	*len -= lf_only ? 1 : 2;
+	return true;
+}
+
+static void smtp_command(struct smtp *s, const char *line, size_t len, unsigned flags)
+{
+	s->commands++;
+	/* With backend answers awaited, only a clean command of the table's
+	 * SMTP_CMD_PIPELINED joins the group; anything else waits for them. */
+	if (flags && smtp_defer(s))
+		return;
+	if (!smtp_line_ending(s, &len, flags))
+		return;
 	const char *args;
 	bool space;
 	enum smtp_verb verb = smtp_parse_verb(line, len, &args, &space);
-	if (verb != SMTP_VERB_RCPT && verb != SMTP_VERB_DATA && smtp_defer(s))
+	assert((size_t)verb < sizeof smtp_cmds / sizeof smtp_cmds[0] && smtp_cmds[verb].run);
+	const struct smtp_cmd *c = &smtp_cmds[verb];
+	if (!(c->flags & SMTP_CMD_PIPELINED) && smtp_defer(s))
 		return;
 	size_t alen = len - (size_t)(args - line);
 	while (alen && args[alen - 1] == ' ')
 		alen--;
-	switch (verb) {
-	case SMTP_VERB_HELO:
-	case SMTP_VERB_EHLO:
-		smtp_cmd_hello(s, verb, args, alen);
-		break;
-	case SMTP_VERB_MAIL:
-		smtp_cmd_mail(s, args, alen);
-		break;
-	case SMTP_VERB_RCPT:
-		smtp_cmd_rcpt(s, args, alen);
-		break;
-	case SMTP_VERB_DATA:
-		smtp_cmd_data(s, args, alen);
-		break;
-	case SMTP_VERB_RSET:
-		smtp_cmd_rset(s, args, alen);
-		break;
-	case SMTP_VERB_STARTTLS:
-		smtp_cmd_starttls(s, alen);
-		break;
-	case SMTP_VERB_UNKNOWN:
-		if (!smtp_junk(s))
-			smtp_error(s, "500 5.5.2 Command unrecognized");
-		break;
-	default:
-		smtp_cmd_simple(s, verb);
-		break;
+	assert(s->state < SMTP_COMMAND_STATES);
+	const char *refusal = smtp_refusal(s, c, args, alen);
+	if (refusal) {
+		if (!smtp_defer(s))
+			smtp_error(s, refusal);
+		return;
 	}
+	if ((c->junk & SMTP_IN(s->state)) && smtp_junk(s))
+		return;
+	/* An answer may come in, and a set-aside line be taken, before RUN returns. */
+	bool outer = s->group_open;
+	s->group_open = !(c->flags & SMTP_CMD_ENDS_GROUP);
+	c->run(s, args, alen);
+	s->group_open = outer;
 }
 
 static void smtp_keep(struct smtp *s, const char *line, size_t len, unsigned flags)
@@ -740,9 +837,8 @@ bool smtp_busy(const struct smtp *s)
 		return true;
 	if (!s->qlen)
 		return false;
-	enum smtp_wait last = s->q[(s->qhead + s->qlen - 1) % SMTP_PIPE_MAX].what;
-	return !smtp_pipelining(s) || s->qlen >= SMTP_PIPE_MAX ||
-	       (last != SMTP_WAIT_MAIL && last != SMTP_WAIT_RCPT);
+	const struct smtp_await *last = &s->q[(s->qhead + s->qlen - 1) % SMTP_PIPE_MAX];
+	return !smtp_pipelining(s) || s->qlen >= SMTP_PIPE_MAX || last->ends_group;
 }
 
 bool smtp_waiting(const struct smtp *s)

@@ -48,19 +48,10 @@ static void smtp_send_received(struct smtp *s)
 
 void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
 {
-	bool local = len || s->state != SMTP_STATE_MAIL || (s->nrcpt == 0 && !s->rcpts_waiting) ||
-	             s->backend_lost;
+	(void)args, (void)len;
+	bool local = (s->nrcpt == 0 && !s->rcpts_waiting) || s->backend_lost;
 	if (local && smtp_defer(s))
 		return;
-	if (len) {
-		smtp_error(s, "501 5.5.4 Syntax: DATA");
-		return;
-	}
-	if (s->state != SMTP_STATE_MAIL) {
-		smtp_error(s, s->state == SMTP_STATE_GREETED ? "503 5.5.1 Send EHLO or HELO first"
-		                                             : "503 5.5.1 Need MAIL command first");
-		return;
-	}
 	if (s->nrcpt == 0 && !s->rcpts_waiting) {
 		/* RFC 2920 3.1: with pipelining, DATA after refused RCPTs. */
 		smtp_error(s, "554 5.5.1 No valid recipients");

@@ -17,6 +17,9 @@ enum smtp_state {
 	SMTP_STATE_CLOSED,  /* QUIT, 421 or timeout: ignore the rest */
 };
 
+/* The states in which commands are taken (DATA takes message lines). */
+#define SMTP_COMMAND_STATES (SMTP_STATE_MAIL + 1)
+
 enum smtp_wait {
 	SMTP_WAIT_NONE,
 	SMTP_WAIT_RSET_HELLO, /* backend RSET before answering EHLO/HELO */
@@ -30,15 +33,20 @@ enum smtp_wait {
 };
 
 /* Backend answers awaited, oldest first. With a backend that offers
- * PIPELINING, MAIL and RCPT go out without waiting for the previous answer
- * (RFC 2920), and DATA may follow them; anything else waits until every
- * answer is in. SMTP_PIPE_MAX bounds what a client can have outstanding. */
+ * PIPELINING, commands that keep a pipelined group open (smtp.c's table)
+ * go out without waiting for the previous answer (RFC 2920); once one that
+ * ends the group is out, nothing more is taken until every answer is in.
+ * SMTP_PIPE_MAX bounds what a client can have outstanding. */
 #define SMTP_PIPE_MAX 32
 
 struct smtp_await {
 	enum smtp_wait what;
-	char *rcpt; /* SMTP_WAIT_RCPT: the address, owned */
+	bool ends_group; /* asked for by a command that ends a pipelined group */
+	char *rcpt;      /* SMTP_WAIT_RCPT: the address, owned */
 };
+
+/* The longest EHLO/HELO name kept, with its NUL. */
+#define SMTP_HELO_MAX 256
 
 struct smtp {
 	const struct config *cfg;
@@ -51,6 +59,9 @@ struct smtp {
 	struct smtp_await q[SMTP_PIPE_MAX];
 	unsigned qhead, qlen;
 	unsigned rcpts_waiting; /* RCPTs in q */
+	/* The command being taken keeps a pipelined group open: what it asks
+	 * of the backend lets the next line in before the answer. */
+	bool group_open;
 	/* A line that must wait for the answers in q before it is taken (a
 	 * command that is not pipelined, or one whose local reply would
 	 * overtake them): kept here, so that replies leave in order. */
@@ -59,7 +70,7 @@ struct smtp {
 	unsigned deferred_flags;
 	size_t deferred_len;
 	char deferred_line[SMTP_COMMAND_LINE_MAX];
-	char helo[256];
+	char helo[SMTP_HELO_MAX];
 	bool esmtp;
 	bool caps_known; /* the backend answered a hello: caps are real */
 	unsigned caps;
@@ -102,7 +113,7 @@ bool smtp_defer(struct smtp *s);
 void smtp_tx_reset(struct smtp *s);
 void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered);
 
-/* DATA (smtp_data.c) */
+/* DATA (smtp_data.c); runs once smtp.c's command table lets it */
 void smtp_cmd_data(struct smtp *s, const char *args, size_t len);
 void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags);
 void smtp_data_refuse(struct smtp *s, int code, const char *text);
