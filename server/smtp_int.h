@@ -1,5 +1,7 @@
-/* smtp_int: what smtp.c and smtp_data.c share: the state machine's
- * struct and the helpers both halves use. Not for other modules. */
+/* smtp_int: the lower room of the SMTP state machine (smtp_core.c): its
+ * struct, replies and the error limit, the awaited backend answers and the
+ * deferral of a line, the transaction's reset. smtp.c, smtp_cmd.c and
+ * smtp_data.c all build on it; it calls none of them. Not for other modules. */
 #ifndef MXFRONT_SMTP_INT_H
 #define MXFRONT_SMTP_INT_H
 
@@ -98,25 +100,37 @@ struct smtp {
 	struct smtp_reply bad;   /* code != 0: the message will be refused with this */
 };
 
-/* replies (smtp.c) */
-void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void smtp_send_reply(struct smtp *s, const struct smtp_reply *r);
-void smtp_error(struct smtp *s, const char *reply); /* counts towards max_errors */
+/* ---- replies ---- */
 
-/* awaited backend answers (smtp.c) */
+/* One reply line, formatted; CRLF is added. */
+void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* R as the client gets it: an enhanced code added where a line has none. */
+void smtp_send_reply(struct smtp *s, const struct smtp_reply *r);
+/* REPLY, counted towards max_errors: the last one allowed is followed by
+ * a 421 and the close. */
+void smtp_error(struct smtp *s, const char *reply);
+/* Ends the session after the replies queued so far; nothing is taken after. */
+void smtp_close(struct smtp *s, const char *reason);
+
+/* ---- awaited answers ---- */
+
+/* Records that an answer of kind WHAT is awaited (RCPT: the address, which
+ * the queue then owns); call before the op that asks for it, since the
+ * answer may come before the op returns. */
 void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt);
+/* The kind of the oldest answer awaited, or SMTP_WAIT_NONE. */
 enum smtp_wait smtp_awaiting(const struct smtp *s);
+/* Takes the oldest awaited answer off the queue; the caller owns its rcpt. */
 struct smtp_await smtp_await_pop(struct smtp *s);
+/* A local reply is about to be given while backend answers are awaited:
+ * the line is set aside instead, to be taken again once they are in.
+ * Returns true when it was: the caller then says and changes nothing. */
 bool smtp_defer(struct smtp *s);
 
-/* the transaction (smtp.c) */
-void smtp_tx_reset(struct smtp *s);
-void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered);
+/* ---- the transaction ---- */
 
-/* DATA (smtp_data.c); runs once smtp.c's command table lets it */
-void smtp_cmd_data(struct smtp *s, const char *args, size_t len);
-void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags);
-void smtp_data_refuse(struct smtp *s, int code, const char *text);
-void smtp_data_answered(struct smtp *s, const struct smtp_reply *r);
+/* Forgets the transaction (recipients, sender, message state); MAIL and
+ * DATA go back to READY. The backend is not told. */
+void smtp_tx_reset(struct smtp *s);
 
 #endif

@@ -1617,7 +1617,7 @@ static void test_verbs_pipelined(void)
 	}
 }
 
-/* smtp_send_received formats into char hdr[1024] and sends nothing when the
+/* smtp_data_received formats into char hdr[1024] and sends nothing when the
  * header does not fit, so a long EHLO name, a long recipient and a long TLS
  * comment (its sni= is the client's) make the message go to the backend
  * without any Received header: no trace of the client, no loop detection
