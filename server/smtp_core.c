@@ -199,6 +199,23 @@ void smtp_goodbye(struct smtp *s, const char *enhanced, const char *text, const 
 	smtp_close(s, reason);
 }
 
+void smtp_early_talker(struct smtp *s)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	smtp_send(s, "554 5.5.0 %s SMTP synchronization error: talked before the greeting",
+	          s->cfg->hostname);
+	smtp_close(s, "early_talker");
+}
+
+void smtp_refuse(struct smtp *s, const char *why)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	smtp_send(s, "421 4.7.0 %s %s", s->cfg->hostname, why);
+	smtp_close(s, "refused");
+}
+
 /* ---- lifetime ---- */
 
 struct smtp *smtp_new(const struct config *cfg, const struct smtp_ops *ops, void *ctx,

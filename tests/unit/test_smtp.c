@@ -405,6 +405,7 @@ struct t_setup {
 	const char *conf;          /* [server] keys; NULL: DEFAULT_CONF */
 	const char *client_ip;     /* NULL: 192.0.2.7 */
 	bool tls;                  /* a certificate is loaded: STARTTLS is offered */
+	bool ungreeted;            /* no 220: the session refuses or meets an early talker */
 	const char *const *script; /* backend answers, kept for later sends too */
 	const char *input;         /* the first client bytes */
 };
@@ -423,7 +424,8 @@ static struct t *t_start(const char *name, struct t_setup setup)
 	}
 	t->f.hostname = t->cfg->hostname;
 	t->s = smtp_new(t->cfg, &fake_ops, &t->f, "s1", setup.client_ip ? setup.client_ip : "192.0.2.7");
-	smtp_greet(t->s);
+	if (!setup.ungreeted)
+		smtp_greet(t->s);
 	smtp_set_tls_available(t->s, setup.tls);
 	t->script = setup.script;
 	if (setup.input)
@@ -1303,6 +1305,42 @@ static void test_goodbye(void)
 	t_free(t);
 }
 
+/* The session's other first words: instead of the greeting. */
+static void test_instead_of_greeting(void)
+{
+	struct t *t = t_start("early talker", (struct t_setup){ .ungreeted = true });
+	smtp_early_talker(t->s);
+	CHECK_STR_EQ(t_replies(t), "554 5.5.0 " HOST " SMTP synchronization error: talked before the "
+	                           "greeting\r\n");
+	CHECK_STR_EQ(t_log(t), "close:early_talker\n");
+	/* Nothing after it: no line, no goodbye, no second close. */
+	smtp_line(t->s, "EHLO client.example\r\n", 21, 0);
+	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
+	smtp_early_talker(t->s);
+	smtp_refuse(t->s, "Too many connections, try again later");
+	CHECK_STR_EQ(t_replies(t), "");
+	CHECK_STR_EQ(t_log(t), "");
+	CHECK(smtp_idle(t->s) == false && smtp_busy(t->s) == false, "closed: neither idle nor busy");
+	t_free(t);
+
+	t = t_start("refused at accept", (struct t_setup){ .ungreeted = true });
+	smtp_refuse(t->s, "Too many connections, try again later");
+	CHECK_STR_EQ(t_replies(t), "421 4.7.0 " HOST " Too many connections, try again later\r\n");
+	CHECK_STR_EQ(t_log(t), "close:refused\n");
+	smtp_line(t->s, "EHLO client.example\r\n", 21, 0);
+	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
+	smtp_refuse(t->s, "Too many connections from your address, try again later");
+	CHECK_STR_EQ(t_replies(t), "");
+	CHECK_STR_EQ(t_log(t), "");
+	t_free(t);
+
+	t = t_start("refused: the reason as given", (struct t_setup){ .ungreeted = true });
+	smtp_refuse(t->s, "Too many connections from your address, try again later");
+	CHECK_STR_EQ(t_replies(t), "421 4.7.0 " HOST
+	                           " Too many connections from your address, try again later\r\n");
+	t_free(t);
+}
+
 /* ---- STARTTLS ---- */
 
 #define EHLO_TLS                                                                                   \
@@ -1920,6 +1958,7 @@ int main(void)
 	test_data_limits();
 	test_backend_failures();
 	test_goodbye();
+	test_instead_of_greeting();
 	test_starttls();
 	test_verbs_in_states();
 	test_verbs_pipelined();
