@@ -442,12 +442,7 @@ static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 		/* RFC 5321 3.1: the client waits for the greeting. */
 		session_enter(s, SESSION_PLAIN);
 		log_info("sess=%s event=early_talker client=%s bytes=%zd", s->id, s->client_ip, nread);
-		char reply[300];
-		int n = snprintf(reply, sizeof reply,
-		                 "554 5.5.0 %s SMTP synchronization error: talked before the greeting\r\n",
-		                 s->cfg->hostname);
-		session_op_reply(s, reply, (size_t)n);
-		session_op_close(s, "early_talker");
+		smtp_early_talker(s->smtp);
 		session_flush(s);
 		return;
 	}
@@ -664,10 +659,7 @@ void session_start(struct session *s, const char *refuse)
 	}
 	smtp_set_tls_available(s->smtp, tls_context_usable(s->tc));
 	if (refuse) {
-		char reply[300];
-		int n = snprintf(reply, sizeof reply, "421 4.7.0 %s %s\r\n", s->cfg->hostname, refuse);
-		session_op_reply(s, reply, (size_t)n);
-		session_op_close(s, "refused");
+		smtp_refuse(s->smtp, refuse);
 		session_flush(s);
 		return;
 	}

@@ -83,6 +83,16 @@ bool smtp_in_data(const struct smtp *s);
  * ENHANCED is the enhanced status code ("4.4.2"), REASON goes to the log. */
 void smtp_goodbye(struct smtp *s, const char *enhanced, const char *text, const char *reason);
 
+/* Instead of the greeting, for a client that talked before it (RFC 5321
+ * 3.1): sends "554 5.5.0 HOSTNAME SMTP synchronization error: talked before
+ * the greeting" and closes ("early_talker"). Nothing is taken after it. */
+void smtp_early_talker(struct smtp *s);
+
+/* Instead of the greeting, for a connection over a limit: sends "421 4.7.0
+ * HOSTNAME WHY" (WHY borrowed, e.g. "Too many connections, try again
+ * later") and closes ("refused"). Nothing is taken after it. */
+void smtp_refuse(struct smtp *s, const char *why);
+
 /* Answers to the ops above. R is borrowed for the call. CAPS is a set of
  * SMTP_EXT_* bits (0 when the backend could not be reached). */
 void smtp_backend_hello(struct smtp *s, const struct smtp_reply *r, unsigned caps);

@@ -1,7 +1,8 @@
-/* smtp_data: the DATA part of the SMTP state machine (smtp.c): the
- * command, the message lines on their way to the backend (Received header,
- * bare CR/LF, size and line limits, the end of data), the backend's 354 and
- * its per-recipient verdicts. Never does I/O, never keeps a line. */
+/* smtp_data: the message part of the SMTP state machine: the backend's
+ * 354, the message lines on their way to the backend (Received header, bare
+ * CR/LF, size and line limits, the end of data) and its per-recipient
+ * verdicts. The DATA command itself is smtp_cmd.c's. Builds on smtp_core.c
+ * only; never does I/O, never keeps a line. */
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +11,10 @@
 
 #include "log.h"
 #include "smtp.h"
+#include "smtp_data.h"
 #include "smtp_int.h"
 
-static void smtp_send_received(struct smtp *s)
+static void smtp_data_received(struct smtp *s)
 {
 	/* Every field is bounded (HELO 255, address 512, names 253, TLS info
 	 * 160), so the header always fits: it is never dropped. */
@@ -46,37 +48,6 @@ static void smtp_send_received(struct smtp *s)
 	s->ops->backend_data(s->ctx, hdr, (size_t)n);
 }
 
-void smtp_cmd_data(struct smtp *s, const char *args, size_t len)
-{
-	bool local = len || s->state != SMTP_STATE_MAIL || (s->nrcpt == 0 && !s->rcpts_waiting) ||
-	             s->backend_lost;
-	if (local && smtp_defer(s))
-		return;
-	if (len) {
-		smtp_error(s, "501 5.5.4 Syntax: DATA");
-		return;
-	}
-	if (s->state != SMTP_STATE_MAIL) {
-		smtp_error(s, s->state == SMTP_STATE_GREETED ? "503 5.5.1 Send EHLO or HELO first"
-		                                             : "503 5.5.1 Need MAIL command first");
-		return;
-	}
-	if (s->nrcpt == 0 && !s->rcpts_waiting) {
-		/* RFC 2920 3.1: with pipelining, DATA after refused RCPTs. */
-		smtp_error(s, "554 5.5.1 No valid recipients");
-		return;
-	}
-	if (s->backend_lost) {
-		smtp_send(s, "451 4.4.2 Backend connection lost, try again later");
-		return;
-	}
-	/* Sent even while RCPT answers are awaited: if none is accepted, the
-	 * backend refuses DATA itself. */
-	smtp_await(s, SMTP_WAIT_DATA, NULL);
-	s->ops->backend_command(s->ctx, "DATA\r\n", 6);
-}
-
-/* Marks the message as refused with CODE/TEXT; the backend's copy is dropped. */
 void smtp_data_refuse(struct smtp *s, int code, const char *text)
 {
 	if (s->bad.code)
@@ -87,10 +58,21 @@ void smtp_data_refuse(struct smtp *s, int code, const char *text)
 	s->backend_lost = true;
 }
 
+static void smtp_data_log(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
+{
+	char from[300], reply[300], text[SMTP_REPLY_TEXT_MAX + 8];
+	int n = snprintf(text, sizeof text, "%d %s", r->code, r->text);
+	log_info("sess=%s event=transaction id=%s.%u from=<%s> rcpts_ok=%u rcpts_refused=%u size=%llu "
+	         "delivered=%u reply=%s",
+	         s->id, s->id, s->ntx, log_quote(from, sizeof from, s->from, strlen(s->from)),
+	         s->nrcpt, s->refused, (unsigned long long)s->size, delivered,
+	         log_quote(reply, sizeof reply, text, n > 0 ? (size_t)n : 0));
+}
+
 static void smtp_data_finish(struct smtp *s, const struct smtp_reply *r, unsigned delivered)
 {
 	smtp_send_reply(s, r);
-	smtp_log_tx(s, r, delivered);
+	smtp_data_log(s, r, delivered);
 	smtp_tx_reset(s);
 }
 
@@ -143,7 +125,7 @@ void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags
 	if (s->received_due) {
 		s->received_due = false;
 		if (!s->bad.code) /* refused already: nothing more goes to the backend */
-			smtp_send_received(s);
+			smtp_data_received(s);
 	}
 	s->prev_crlf = !(flags & SMTP_LINE_BARE_LF);
 	if (end) {

@@ -1,5 +1,7 @@
-/* smtp_int: what smtp.c and smtp_data.c share: the state machine's
- * struct and the helpers both halves use. Not for other modules. */
+/* smtp_int: the lower room of the SMTP state machine (smtp_core.c): its
+ * struct, replies and the error limit, the awaited backend answers and the
+ * deferral of a line, the transaction's reset. smtp.c, smtp_cmd.c and
+ * smtp_data.c all build on it; it calls none of them. Not for other modules. */
 #ifndef MXFRONT_SMTP_INT_H
 #define MXFRONT_SMTP_INT_H
 
@@ -17,6 +19,9 @@ enum smtp_state {
 	SMTP_STATE_CLOSED,  /* QUIT, 421 or timeout: ignore the rest */
 };
 
+/* The states in which commands are taken (DATA takes message lines). */
+#define SMTP_COMMAND_STATES (SMTP_STATE_MAIL + 1)
+
 enum smtp_wait {
 	SMTP_WAIT_NONE,
 	SMTP_WAIT_RSET_HELLO, /* backend RSET before answering EHLO/HELO */
@@ -30,15 +35,20 @@ enum smtp_wait {
 };
 
 /* Backend answers awaited, oldest first. With a backend that offers
- * PIPELINING, MAIL and RCPT go out without waiting for the previous answer
- * (RFC 2920), and DATA may follow them; anything else waits until every
- * answer is in. SMTP_PIPE_MAX bounds what a client can have outstanding. */
+ * PIPELINING, commands that keep a pipelined group open (smtp.c's table)
+ * go out without waiting for the previous answer (RFC 2920); once one that
+ * ends the group is out, nothing more is taken until every answer is in.
+ * SMTP_PIPE_MAX bounds what a client can have outstanding. */
 #define SMTP_PIPE_MAX 32
 
 struct smtp_await {
 	enum smtp_wait what;
-	char *rcpt; /* SMTP_WAIT_RCPT: the address, owned */
+	bool ends_group; /* asked for by a command that ends a pipelined group */
+	char *rcpt;      /* SMTP_WAIT_RCPT: the address, owned */
 };
+
+/* The longest EHLO/HELO name kept, with its NUL. */
+#define SMTP_HELO_MAX 256
 
 struct smtp {
 	const struct config *cfg;
@@ -51,6 +61,9 @@ struct smtp {
 	struct smtp_await q[SMTP_PIPE_MAX];
 	unsigned qhead, qlen;
 	unsigned rcpts_waiting; /* RCPTs in q */
+	/* The command being taken keeps a pipelined group open: what it asks
+	 * of the backend lets the next line in before the answer. */
+	bool group_open;
 	/* A line that must wait for the answers in q before it is taken (a
 	 * command that is not pipelined, or one whose local reply would
 	 * overtake them): kept here, so that replies leave in order. */
@@ -59,7 +72,7 @@ struct smtp {
 	unsigned deferred_flags;
 	size_t deferred_len;
 	char deferred_line[SMTP_COMMAND_LINE_MAX];
-	char helo[256];
+	char helo[SMTP_HELO_MAX];
 	bool esmtp;
 	bool caps_known; /* the backend answered a hello: caps are real */
 	unsigned caps;
@@ -87,25 +100,37 @@ struct smtp {
 	struct smtp_reply bad;   /* code != 0: the message will be refused with this */
 };
 
-/* replies (smtp.c) */
-void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void smtp_send_reply(struct smtp *s, const struct smtp_reply *r);
-void smtp_error(struct smtp *s, const char *reply); /* counts towards max_errors */
+/* ---- replies ---- */
 
-/* awaited backend answers (smtp.c) */
+/* One reply line, formatted; CRLF is added. */
+void smtp_send(struct smtp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* R as the client gets it: an enhanced code added where a line has none. */
+void smtp_send_reply(struct smtp *s, const struct smtp_reply *r);
+/* REPLY, counted towards max_errors: the last one allowed is followed by
+ * a 421 and the close. */
+void smtp_error(struct smtp *s, const char *reply);
+/* Ends the session after the replies queued so far; nothing is taken after. */
+void smtp_close(struct smtp *s, const char *reason);
+
+/* ---- awaited answers ---- */
+
+/* Records that an answer of kind WHAT is awaited (RCPT: the address, which
+ * the queue then owns); call before the op that asks for it, since the
+ * answer may come before the op returns. */
 void smtp_await(struct smtp *s, enum smtp_wait what, char *rcpt);
+/* The kind of the oldest answer awaited, or SMTP_WAIT_NONE. */
 enum smtp_wait smtp_awaiting(const struct smtp *s);
+/* Takes the oldest awaited answer off the queue; the caller owns its rcpt. */
 struct smtp_await smtp_await_pop(struct smtp *s);
+/* A local reply is about to be given while backend answers are awaited:
+ * the line is set aside instead, to be taken again once they are in.
+ * Returns true when it was: the caller then says and changes nothing. */
 bool smtp_defer(struct smtp *s);
 
-/* the transaction (smtp.c) */
-void smtp_tx_reset(struct smtp *s);
-void smtp_log_tx(struct smtp *s, const struct smtp_reply *r, unsigned delivered);
+/* ---- the transaction ---- */
 
-/* DATA (smtp_data.c) */
-void smtp_cmd_data(struct smtp *s, const char *args, size_t len);
-void smtp_data_line(struct smtp *s, const char *line, size_t len, unsigned flags);
-void smtp_data_refuse(struct smtp *s, int code, const char *text);
-void smtp_data_answered(struct smtp *s, const struct smtp_reply *r);
+/* Forgets the transaction (recipients, sender, message state); MAIL and
+ * DATA go back to READY. The backend is not told. */
+void smtp_tx_reset(struct smtp *s);
 
 #endif

@@ -277,8 +277,9 @@ def test_malformed_paths_and_parameters_get_5xx(mxfront, fake_backend):
         assert c.cmd("RCPT TO:<alice@dest.example>").code == 250
         assert wrong == [], "\n".join(map(str, wrong))
     [conn] = fb.used
-    assert conn.commands[1:] == ["MAIL FROM:<sender@client.example>",
-                                 "RCPT TO:<alice@dest.example>"], conn.commands
+    # (an RSET follows when the session ends with its transaction open)
+    assert [c for c in conn.commands[1:] if c != "RSET"] == \
+        ["MAIL FROM:<sender@client.example>", "RCPT TO:<alice@dest.example>"], conn.commands
 
 
 # -------------------------------------------------------------------- TLS

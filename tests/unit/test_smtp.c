@@ -42,6 +42,7 @@ struct fake {
 	unsigned nreceived, nabort, nclose, nhello, nend, nstarttls;
 	/* backend calls awaiting an answer, oldest first */
 	enum fake_pending pend[64];
+	char pend_verb[64][5]; /* PEND_COMMAND: the command's first four letters */
 	unsigned npend;
 	bool backend_pipelining; /* the last hello answer offered PIPELINING */
 	bool drop_input; /* STARTTLS: the session drops what the client sent after it */
@@ -141,12 +142,21 @@ static void fake_begin(struct fake *f, const char *what, enum fake_pending p)
 		f->pend[f->npend++] = p;
 }
 
+static void fake_begin_command(struct fake *f, const char *line, size_t len)
+{
+	fake_begin(f, "backend_command", PEND_COMMAND);
+	if (f->npend <= N_ELEMS(f->pend))
+		snprintf(f->pend_verb[f->npend - 1], sizeof f->pend_verb[0], "%.*s",
+		         (int)(len < 4 ? len : 4), line);
+}
+
 static enum fake_pending fake_pop(struct fake *f)
 {
 	if (!f->npend)
 		return PEND_NONE;
 	enum fake_pending p = f->pend[0];
 	memmove(f->pend, f->pend + 1, --f->npend * sizeof f->pend[0]);
+	memmove(f->pend_verb, f->pend_verb + 1, f->npend * sizeof f->pend_verb[0]);
 	return p;
 }
 
@@ -161,7 +171,7 @@ static void fake_backend_hello(void *ctx, const char *helo)
 static void fake_backend_command(void *ctx, const char *line, size_t len)
 {
 	struct fake *f = ctx;
-	fake_begin(f, "backend_command", PEND_COMMAND);
+	fake_begin_command(f, line, len);
 	CHECK_SILENT(len >= 2 && line[len - 2] == '\r' && line[len - 1] == '\n' &&
 	          !memchr(line, '\n', len - 1) && !memchr(line, '\r', len - 2),
 	      "a backend command is one CRLF line");
@@ -388,17 +398,38 @@ static void t_pump(struct t *t)
 	}
 }
 
-static struct t *t_new(const char *server_keys, const char *client_ip)
+static void t_send(struct t *t, const char *s);
+
+/* How a case begins; every field may be left out. */
+struct t_setup {
+	const char *conf;          /* [server] keys; NULL: DEFAULT_CONF */
+	const char *client_ip;     /* NULL: 192.0.2.7 */
+	bool tls;                  /* a certificate is loaded: STARTTLS is offered */
+	bool ungreeted;            /* no 220: the session refuses or meets an early talker */
+	const char *const *script; /* backend answers, kept for later sends too */
+	const char *input;         /* the first client bytes */
+};
+
+/* The one fixture: names the case, starts a greeted machine as SETUP says
+ * and feeds its input. A configuration that does not load ends the run:
+ * every case after it would fail the same way. */
+static struct t *t_start(const char *name, struct t_setup setup)
 {
+	check_case(name);
 	struct t *t = calloc(1, sizeof *t);
-	t->cfg = load_conf(server_keys);
+	t->cfg = load_conf(setup.conf);
 	if (!t->cfg) {
-		free(t);
-		return NULL;
+		check_summary();
+		exit(1);
 	}
 	t->f.hostname = t->cfg->hostname;
-	t->s = smtp_new(t->cfg, &fake_ops, &t->f, "s1", client_ip ? client_ip : "192.0.2.7");
-	smtp_greet(t->s);
+	t->s = smtp_new(t->cfg, &fake_ops, &t->f, "s1", setup.client_ip ? setup.client_ip : "192.0.2.7");
+	if (!setup.ungreeted)
+		smtp_greet(t->s);
+	smtp_set_tls_available(t->s, setup.tls);
+	t->script = setup.script;
+	if (setup.input)
+		t_send(t, setup.input);
 	return t;
 }
 
@@ -426,6 +457,24 @@ static void t_answer(struct t *t, const char *answer)
 {
 	t_answer_now(t, answer);
 	t_pump(t);
+}
+
+/* Gives every awaited backend call its usual success, whatever the script
+ * says, until none is awaited or a TLS handshake is (it stays in progress). */
+static void t_settle(struct t *t)
+{
+	while (t->f.npend && t->f.pend[0] != PEND_TLS && !t->f.nclose) {
+		const char *verb = t->f.pend_verb[0], *ok = "250 2.0.0 Ok";
+		if (t->f.pend[0] == PEND_HELLO)
+			ok = "250-backend.example\n250-PIPELINING\n250-SMTPUTF8\n250 DSN";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "DATA") == 0)
+			ok = "354 Go ahead";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "MAIL") == 0)
+			ok = "250 2.1.0 Ok";
+		else if (t->f.pend[0] == PEND_COMMAND && strcmp(verb, "RCPT") == 0)
+			ok = "250 2.1.5 Ok";
+		t_answer(t, ok);
+	}
 }
 
 /* Replies (or backend actions) since the previous call. */
@@ -853,11 +902,7 @@ static void test_transcripts(void)
 {
 	for (size_t i = 0; i < N_ELEMS(tcases); i++) {
 		const struct tcase *c = &tcases[i];
-		check_case(c->name);
-		struct t *t = t_new(c->conf, NULL);
-		if (!t)
-			continue;
-		t->script = c->answers;
+		struct t *t = t_start(c->name, (struct t_setup){ .conf = c->conf, .script = c->answers });
 		t_sendn(t, c->input.s, c->input.n);
 		CHECK_STR_EQ(t->f.replies, c->want_replies);
 		CHECK_STR_EQ(t->f.log, c->want_log);
@@ -874,10 +919,7 @@ static void test_transcripts(void)
 
 static void test_busy_during_hello(void)
 {
-	check_case("busy until the backend answers the hello");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	struct t *t = t_start("busy until the backend answers the hello", (struct t_setup){ 0 });
 	CHECK_STR_EQ(t_replies(t), GREET);
 	CHECK(!smtp_busy(t->s), "not busy after the greeting");
 	t_send(t, EHLO_C MAIL_AB);
@@ -897,11 +939,7 @@ static void test_busy_during_hello(void)
 	t_free(t);
 
 	/* A failed hello gives caps 0 whatever the caller passes. */
-	check_case("hello failure ignores caps");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	t = t_start("hello failure ignores caps", (struct t_setup){ .input = EHLO_C });
 	fake_pop(&t->f);
 	struct smtp_reply r;
 	smtp_reply_set(&r, 421, "4.4.1 Backend unavailable");
@@ -918,11 +956,8 @@ static void test_busy_during_hello(void)
 
 static void test_pipelining_steps(void)
 {
-	check_case("pipelining: a group goes to the backend whole, replies in order");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	struct t *t = t_start("pipelining: a group goes to the backend whole, replies in order",
+	                      (struct t_setup){ .input = EHLO_C });
 	t_answer(t, LHLO_ALL);
 	t_replies(t);
 	t_log(t);
@@ -961,11 +996,8 @@ static void test_pipelining_steps(void)
 
 static void test_no_pipelining_backend(void)
 {
-	check_case("backend without PIPELINING: one command at a time");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	struct t *t = t_start("backend without PIPELINING: one command at a time",
+	                      (struct t_setup){ .input = EHLO_C });
 	t_answer(t, LHLO_NOPIPE);
 	CHECK_STR_EQ(t_replies(t), GREET EHLO_MIN);
 	t_log(t);
@@ -982,11 +1014,8 @@ static void test_no_pipelining_backend(void)
 	CHECK_STR_EQ(t_replies(t), R_MAIL R_RCPT "550 5.1.1 no\r\n" R_354);
 	t_free(t);
 
-	check_case("pipelining: no more than SMTP_PIPE_MAX answers awaited");
-	t = t_new("max_recipients = 100\n", NULL);
-	if (!t)
-		return;
-	t_send(t, EHLO_C);
+	t = t_start("pipelining: no more than SMTP_PIPE_MAX answers awaited",
+	            (struct t_setup){ .conf = "max_recipients = 100\n", .input = EHLO_C });
 	t_answer(t, LHLO_ALL);
 	t_log(t);
 	char group[64 * 40] = MAIL_AB;
@@ -1003,12 +1032,9 @@ static void test_no_pipelining_backend(void)
 
 static void test_rset_waits(void)
 {
-	check_case("RSET waits for the backend");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("RSET waits for the backend",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C MAIL_AB });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1020,12 +1046,8 @@ static void test_rset_waits(void)
 	CHECK_STR_EQ(t_replies(t), R_OK250 R_OK250);
 	t_free(t);
 
-	check_case("EHLO in a transaction: no reply before the backend's RSET");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("EHLO in a transaction: no reply before the backend's RSET",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1068,12 +1090,8 @@ static void check_received(const char *got, const char *want_before_date)
 
 static void test_received(void)
 {
-	check_case("Received header, one recipient");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	struct t *t = t_start("Received header, one recipient",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN });
 	CHECK_INT_EQ(t->f.nreceived, 0); /* it goes with the first line */
 	t_send(t, "x\r\n");
 	CHECK_INT_EQ(t->f.nreceived, 1);
@@ -1090,42 +1108,29 @@ static void test_received(void)
 	                              "\tfor <Postmaster>; ");
 	t_free(t);
 
-	check_case("Received header, two recipients: no for");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX2_ANS);
-	t_send(t, TX2_IN "x\r\n");
+	t = t_start("Received header, two recipients: no for",
+	            (struct t_setup){ .script = A(TX2_ANS), .input = TX2_IN "x\r\n" });
 	check_received(t->f.received, "Received: from client.example ([192.0.2.7])\r\n"
 	                              "\tby " HOST " (mxfront) with ESMTP id s1.1;\r\n\t");
 	t_free(t);
 
-	check_case("Received header, IPv6 client and HELO");
-	t = t_new(NULL, "2001:db8::25");
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT, GO);
-	t_send(t, "HELO old.example\r\n" MAIL_AB RCPT_CD "DATA\r\nx\r\n");
+	t = t_start("Received header, IPv6 client and HELO",
+	            (struct t_setup){ .client_ip = "2001:db8::25",
+	                              .script = A(LHLO_ALL, OK_MAIL, OK_RCPT, GO),
+	                              .input = "HELO old.example\r\n" MAIL_AB RCPT_CD
+	                                       "DATA\r\nx\r\n" });
 	check_received(t->f.received, "Received: from old.example ([IPv6:2001:db8::25])\r\n"
 	                              "\tby " HOST " (mxfront) with SMTP id s1.1\r\n"
 	                              "\tfor <c@d.example>; ");
 	t_free(t);
 
-	check_case("Received header comes first, once");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "x\r\n.\r\n");
+	t = t_start("Received header comes first, once",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "x\r\n.\r\n" });
 	CHECK_STR_EQ(t->f.log, TX1_LOG "data:x\r\nend:1\n");
 	t_free(t);
 
-	check_case("Received header with an empty message");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN ".\r\n");
+	t = t_start("Received header with an empty message",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN ".\r\n" });
 	CHECK_STR_EQ(t->f.log, TX1_LOG "end:1\n");
 	t_free(t);
 }
@@ -1141,12 +1146,9 @@ static void test_data_limits(void)
 {
 	char line[1100];
 
-	check_case("data line of exactly 1000 octets");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "250 2.0.0 ok");
-	t_send(t, TX1_IN);
+	struct t *t = t_start("data line of exactly 1000 octets",
+	                      (struct t_setup){ .script = A(TX1_ANS, "250 2.0.0 ok"),
+	                                        .input = TX1_IN });
 	t_log(t);
 	memset(line, 'x', 998);
 	memcpy(line + 998, "\r\n", 3);
@@ -1159,12 +1161,8 @@ static void test_data_limits(void)
 	      "the 1000-octet line goes to the backend, then the end");
 	t_free(t);
 
-	check_case("data line of 1001 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "before\r\n");
+	t = t_start("data line of 1001 octets",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "before\r\n" });
 	t_log(t);
 	memset(line, 'x', 999);
 	memcpy(line + 999, "\r\n", 3);
@@ -1175,12 +1173,8 @@ static void test_data_limits(void)
 	CHECK_INT_EQ(t->f.nend, 0);
 	t_free(t);
 
-	check_case("data line too long, sent in pieces");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	t = t_start("data line too long, sent in pieces",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN });
 	t_log(t);
 	memset(line, 'y', 700);
 	line[700] = '\0';
@@ -1192,12 +1186,8 @@ static void test_data_limits(void)
 	CHECK_STR_EQ(skip_received(t_log(t)), "abort\n");
 	t_free(t);
 
-	check_case("message over max_message_size while streaming");
-	t = t_new(NULL, NULL); /* 10k = 10240 */
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN);
+	t = t_start("message over max_message_size while streaming",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN }); /* 10k = 10240 */
 	t_log(t);
 	memset(line, 'z', 1022);
 	memcpy(line + 1022, "\r\n", 3);
@@ -1224,12 +1214,8 @@ static void test_data_limits(void)
 
 static void test_backend_failures(void)
 {
-	check_case("backend lost during DATA");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\r\n");
+	struct t *t = t_start("backend lost during DATA",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\r\n" });
 	t_log(t);
 	smtp_backend_failed(t->s);
 	t_send(t, "b\r\n.\r\nNOOP\r\n");
@@ -1240,12 +1226,9 @@ static void test_backend_failures(void)
 	CHECK_INT_EQ(t->f.nabort, 0);
 	t_free(t);
 
-	check_case("backend lost after MAIL");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C MAIL_AB RCPT_CD);
+	t = t_start("backend lost after MAIL",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                              .input = EHLO_C MAIL_AB RCPT_CD });
 	t_replies(t);
 	t_log(t);
 	smtp_backend_failed(t->s);
@@ -1255,23 +1238,15 @@ static void test_backend_failures(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("backend lost with no transaction changes nothing");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C);
+	t = t_start("backend lost with no transaction changes nothing",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C });
 	smtp_backend_failed(t->s);
 	t_send(t, MAIL_AB);
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL R_MAIL);
 	t_free(t);
 
-	check_case("the bad-data abort happens once");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\n");
+	t = t_start("the bad-data abort happens once",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\n" });
 	smtp_backend_failed(t->s);
 	t_send(t, "b\rc\r\n");
 	char big[1200];
@@ -1286,12 +1261,8 @@ static void test_backend_failures(void)
 
 static void test_goodbye(void)
 {
-	check_case("goodbye during DATA aborts the backend transaction");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\r\n");
+	struct t *t = t_start("goodbye during DATA aborts the backend transaction",
+	                      (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\r\n" });
 	t_replies(t);
 	t_log(t);
 	smtp_goodbye(t->s, "4.4.2", "Timeout, closing connection", "timeout");
@@ -1304,23 +1275,15 @@ static void test_goodbye(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("goodbye after bad data does not abort twice");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
-	t_send(t, TX1_IN "a\n");
+	t = t_start("goodbye after bad data does not abort twice",
+	            (struct t_setup){ .script = A(TX1_ANS), .input = TX1_IN "a\n" });
 	t_log(t);
 	smtp_goodbye(t->s, "4.4.2", "Timeout", "timeout");
 	CHECK_STR_EQ(t_log(t), "close:timeout\n");
 	t_free(t);
 
-	check_case("goodbye between commands");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("goodbye between commands",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_log(t);
 	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
@@ -1328,12 +1291,8 @@ static void test_goodbye(void)
 	CHECK_STR_EQ(t_log(t), "close:shutdown\n");
 	t_free(t);
 
-	check_case("goodbye while pipelined answers are awaited: nothing after the 421");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C MAIL_AB RCPT_CD);
+	t = t_start("goodbye while pipelined answers are awaited: nothing after the 421",
+	            (struct t_setup){ .script = A(LHLO_ALL), .input = EHLO_C MAIL_AB RCPT_CD });
 	t->script = NULL;
 	CHECK(smtp_waiting(t->s), "MAIL and RCPT at the backend");
 	t_replies(t);
@@ -1346,6 +1305,42 @@ static void test_goodbye(void)
 	t_free(t);
 }
 
+/* The session's other first words: instead of the greeting. */
+static void test_instead_of_greeting(void)
+{
+	struct t *t = t_start("early talker", (struct t_setup){ .ungreeted = true });
+	smtp_early_talker(t->s);
+	CHECK_STR_EQ(t_replies(t), "554 5.5.0 " HOST " SMTP synchronization error: talked before the "
+	                           "greeting\r\n");
+	CHECK_STR_EQ(t_log(t), "close:early_talker\n");
+	/* Nothing after it: no line, no goodbye, no second close. */
+	smtp_line(t->s, "EHLO client.example\r\n", 21, 0);
+	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
+	smtp_early_talker(t->s);
+	smtp_refuse(t->s, "Too many connections, try again later");
+	CHECK_STR_EQ(t_replies(t), "");
+	CHECK_STR_EQ(t_log(t), "");
+	CHECK(smtp_idle(t->s) == false && smtp_busy(t->s) == false, "closed: neither idle nor busy");
+	t_free(t);
+
+	t = t_start("refused at accept", (struct t_setup){ .ungreeted = true });
+	smtp_refuse(t->s, "Too many connections, try again later");
+	CHECK_STR_EQ(t_replies(t), "421 4.7.0 " HOST " Too many connections, try again later\r\n");
+	CHECK_STR_EQ(t_log(t), "close:refused\n");
+	smtp_line(t->s, "EHLO client.example\r\n", 21, 0);
+	smtp_goodbye(t->s, "4.3.2", "Shutting down", "shutdown");
+	smtp_refuse(t->s, "Too many connections from your address, try again later");
+	CHECK_STR_EQ(t_replies(t), "");
+	CHECK_STR_EQ(t_log(t), "");
+	t_free(t);
+
+	t = t_start("refused: the reason as given", (struct t_setup){ .ungreeted = true });
+	smtp_refuse(t->s, "Too many connections from your address, try again later");
+	CHECK_STR_EQ(t_replies(t), "421 4.7.0 " HOST
+	                           " Too many connections from your address, try again later\r\n");
+	t_free(t);
+}
+
 /* ---- STARTTLS ---- */
 
 #define EHLO_TLS                                                                                   \
@@ -1354,13 +1349,11 @@ static void test_goodbye(void)
 
 static void test_starttls(void)
 {
-	check_case("STARTTLS offered with a certificate");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C "HELP\r\nSTARTTLS x\r\n" MAIL_AB "STARTTLS\r\nRSET\r\n");
+	struct t *t = t_start("STARTTLS offered with a certificate",
+	                      (struct t_setup){ .tls = true,
+	                                        .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C "HELP\r\nSTARTTLS x\r\n" MAIL_AB
+	                                                 "STARTTLS\r\nRSET\r\n" });
 	CHECK_STR_EQ(t_replies(t),
 	             GREET EHLO_TLS
 	             "214 2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n"
@@ -1369,13 +1362,8 @@ static void test_starttls(void)
 	CHECK_INT_EQ(t->f.nstarttls, 0);
 	t_free(t);
 
-	check_case("STARTTLS: the session starts over");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C);
+	t = t_start("STARTTLS: the session starts over",
+	            (struct t_setup){ .tls = true, .script = A(LHLO_ALL), .input = EHLO_C });
 	t->script = NULL;
 	t_replies(t);
 	t_log(t);
@@ -1405,12 +1393,8 @@ static void test_starttls(void)
 	                              "\tfor <c@d.example>; ");
 	t_free(t);
 
-	check_case("STARTTLS before EHLO");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t_send(t, "STARTTLS\r\n");
+	t = t_start("STARTTLS before EHLO",
+	            (struct t_setup){ .tls = true, .input = "STARTTLS\r\n" });
 	CHECK_STR_EQ(t_replies(t), GREET "220 2.0.0 Ready to start TLS\r\n");
 	CHECK_INT_EQ(t->f.nstarttls, 1);
 	/* A handshake result nobody waits for is ignored. */
@@ -1421,13 +1405,11 @@ static void test_starttls(void)
 	CHECK_STR_EQ(t_replies(t), EHLO_ALL);
 	t_free(t);
 
-	check_case("tls require: MAIL needs STARTTLS first");
-	t = t_new(CONF("[tls]\nrequire = yes\n"), NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C MAIL_AB "STARTTLS\r\n");
+	t = t_start("tls require: MAIL needs STARTTLS first",
+	            (struct t_setup){ .conf = CONF("[tls]\nrequire = yes\n"),
+	                              .tls = true,
+	                              .script = A(LHLO_ALL),
+	                              .input = EHLO_C MAIL_AB "STARTTLS\r\n" });
 	CHECK_STR_EQ(t_replies(t), GREET EHLO_TLS "530 5.7.0 Must issue a STARTTLS command first\r\n"
 	                           "220 2.0.0 Ready to start TLS\r\n");
 	t_answer(t, TLS_INFO);
@@ -1438,18 +1420,250 @@ static void test_starttls(void)
 	t_free(t);
 }
 
-/* smtp_send_received formats into char hdr[1024] and sends nothing when the
+/* ---- the rules: every verb in every state ---- */
+
+#define R_NEED_HELO "503 5.5.1 Send EHLO or HELO first\r\n"
+#define R_NEED_MAIL "503 5.5.1 Need MAIL command first\r\n"
+#define R_502 "502 5.5.1 Command not implemented\r\n"
+#define R_HELP_TLS "214 2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n"
+#define R_ERROR_LIMIT "421 4.7.0 " HOST " Too many errors, closing connection\r\n"
+#define R_JUNK_LIMIT "421 4.7.0 " HOST " Too many commands without mail, closing connection\r\n"
+
+/* The states a command can meet: greeted, after EHLO, in a transaction
+ * (MAIL accepted), each with a certificate loaded. */
+enum { IN_GREETED, IN_READY, IN_MAIL, N_STATES };
+
+static const struct t_setup verb_states[N_STATES] = {
+	[IN_GREETED] = { .tls = true },
+	[IN_READY] = { .tls = true, .script = A(LHLO_ALL), .input = EHLO_C },
+	[IN_MAIL] = { .tls = true, .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB },
+};
+
+struct verb_case {
+	const char *line; /* without its CRLF */
+	/* Taken at once behind a pipelined MAIL and RCPT whose answers are
+	 * awaited (it goes to the backend); otherwise it waits for them. */
+	bool joins;
+	struct {
+		const char *reply;
+		/* "e": counts towards max_errors; "j": towards max_junk_commands
+		 * (before anything is said) */
+		const char *counts;
+	} in[N_STATES];
+};
+
+static const struct verb_case verb_cases[] = {
+	{ "EHLO client.example", false, { { EHLO_TLS, "" }, { EHLO_TLS, "j" }, { EHLO_TLS, "j" } } },
+	{ "HELO client.example", false,
+	  { { "250 " HOST "\r\n", "" }, { "250 " HOST "\r\n", "j" }, { "250 " HOST "\r\n", "j" } } },
+	{ "EHLO", false,
+	  { { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" }, { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" },
+	    { "501 5.5.4 Syntax: EHLO hostname\r\n", "e" } } },
+	{ "MAIL FROM:<a@b.example>", false,
+	  { { R_NEED_HELO, "e" }, { R_MAIL, "" }, { "503 5.5.1 Nested MAIL command\r\n", "e" } } },
+	{ "RCPT TO:<c@d.example>", true, { { R_NEED_MAIL, "e" }, { R_NEED_MAIL, "e" }, { R_RCPT, "" } } },
+	{ "RCPT TO:<>", false,
+	  { { R_NEED_MAIL, "e" }, { R_NEED_MAIL, "e" },
+	    { "553 5.1.3 Bad recipient address syntax\r\n", "e" } } },
+	{ "DATA", true,
+	  { { R_NEED_HELO, "e" }, { R_NEED_MAIL, "e" }, { "554 5.5.1 No valid recipients\r\n", "e" } } },
+	{ "DATA x", false,
+	  { { "501 5.5.4 Syntax: DATA\r\n", "e" }, { "501 5.5.4 Syntax: DATA\r\n", "e" },
+	    { "501 5.5.4 Syntax: DATA\r\n", "e" } } },
+	{ "RSET", false, { { R_OK250, "j" }, { R_OK250, "j" }, { R_OK250, "" } } },
+	{ "RSET x", false,
+	  { { "501 5.5.4 Syntax: RSET\r\n", "e" }, { "501 5.5.4 Syntax: RSET\r\n", "e" },
+	    { "501 5.5.4 Syntax: RSET\r\n", "e" } } },
+	{ "NOOP", false, { { R_OK250, "j" }, { R_OK250, "j" }, { R_OK250, "j" } } },
+	{ "QUIT", false,
+	  { { "221 2.0.0 " HOST " Bye\r\n", "" }, { "221 2.0.0 " HOST " Bye\r\n", "" },
+	    { "221 2.0.0 " HOST " Bye\r\n", "" } } },
+	{ "VRFY postmaster", false,
+	  { { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" },
+	    { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" },
+	    { "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n", "j" } } },
+	{ "HELP", false, { { R_HELP_TLS, "j" }, { R_HELP_TLS, "j" }, { R_HELP_TLS, "j" } } },
+	{ "STARTTLS", false,
+	  { { "220 2.0.0 Ready to start TLS\r\n", "" }, { "220 2.0.0 Ready to start TLS\r\n", "" },
+	    { "503 5.5.1 STARTTLS not allowed in a mail transaction\r\n", "e" } } },
+	{ "STARTTLS x", false,
+	  { { "501 5.5.4 Syntax: STARTTLS\r\n", "e" }, { "501 5.5.4 Syntax: STARTTLS\r\n", "e" },
+	    { "501 5.5.4 Syntax: STARTTLS\r\n", "e" } } },
+	{ "EXPN list", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "BDAT 10 LAST", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "AUTH PLAIN", false, { { R_502, "je" }, { R_502, "je" }, { R_502, "je" } } },
+	{ "XYZZY", false,
+	  { { "500 5.5.2 Command unrecognized\r\n", "je" }, { "500 5.5.2 Command unrecognized\r\n", "je" },
+	    { "500 5.5.2 Command unrecognized\r\n", "je" } } },
+};
+
+/* What LINE gets in state STATE, with CONF and EXTRA client bytes before it. */
+static const char *verb_reply(const char *name, int state, const char *conf, const char *extra,
+                              const char *line, struct t **tp)
+{
+	struct t_setup setup = verb_states[state];
+	setup.conf = conf;
+	struct t *t = *tp = t_start(name, setup);
+	if (extra)
+		t_send(t, extra);
+	t->script = NULL;
+	t_replies(t);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "%s\r\n", line);
+	t_send(t, cmd);
+	t_settle(t);
+	return t_replies(t);
+}
+
+static void test_verbs_in_states(void)
+{
+	static const char *const names[N_STATES] = { "greeted", "after EHLO", "in a transaction" };
+	char name[N_ELEMS(verb_cases)][N_STATES][3][96];
+	for (size_t i = 0; i < N_ELEMS(verb_cases); i++) {
+		const struct verb_case *c = &verb_cases[i];
+		for (int st = 0; st < N_STATES; st++) {
+			const char *want = c->in[st].reply;
+			bool error = strchr(c->in[st].counts, 'e'), junk = strchr(c->in[st].counts, 'j');
+			char buf[1024];
+			struct t *t;
+			snprintf(name[i][st][0], sizeof name[0][0][0], "%s, %s", c->line, names[st]);
+			CHECK_STR_EQ(verb_reply(name[i][st][0], st, NULL, NULL, c->line, &t), want);
+			t_free(t);
+
+			snprintf(name[i][st][1], sizeof name[0][0][0], "%s, %s, max_errors = 1", c->line,
+			         names[st]);
+			snprintf(buf, sizeof buf, "%s%s", want, error ? R_ERROR_LIMIT : "");
+			CHECK_STR_EQ(verb_reply(name[i][st][1], st, CONF("max_errors = 1\n"), NULL, c->line, &t),
+			             buf);
+			t_free(t);
+
+			/* The NOOP before it is the one junk command allowed. */
+			snprintf(name[i][st][2], sizeof name[0][0][0], "%s, %s, max_junk_commands = 1",
+			         c->line, names[st]);
+			const char *got = verb_reply(name[i][st][2], st, CONF("max_junk_commands = 1\n"),
+			                             "NOOP\r\n", c->line, &t);
+			CHECK_STR_EQ(got, junk ? R_JUNK_LIMIT : want);
+			t_free(t);
+		}
+	}
+}
+
+/* The rules that hang on TLS, and which of two refusals comes first. */
+static const struct {
+	const char *name;
+	struct t_setup setup;
+	const char *more; /* client bytes after the setup's (a STARTTLS drops what follows it) */
+	const char *line;
+	const char *want;
+} tls_rule_cases[] = {
+	{ "STARTTLS under TLS", { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL,
+	  "STARTTLS", "503 5.5.1 TLS already active\r\n" },
+	{ "STARTTLS under TLS, after EHLO",
+	  { .tls = true, .script = A(TLS_INFO, LHLO_ALL), .input = "STARTTLS\r\n" }, EHLO_C, "STARTTLS",
+	  "503 5.5.1 TLS already active\r\n" },
+	{ "STARTTLS with an argument under TLS: syntax first",
+	  { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL, "STARTTLS x",
+	  "501 5.5.4 Syntax: STARTTLS\r\n" },
+	{ "STARTTLS without a certificate", { 0 }, NULL, "STARTTLS", R_502 },
+	{ "STARTTLS without a certificate, after EHLO", { .script = A(LHLO_ALL), .input = EHLO_C }, NULL,
+	  "STARTTLS", R_502 },
+	{ "STARTTLS without a certificate, in a transaction: 502 before 503",
+	  { .script = A(LHLO_ALL, OK_MAIL), .input = EHLO_C MAIL_AB }, NULL, "STARTTLS", R_502 },
+	{ "HELP without a certificate", { 0 }, NULL, "HELP",
+	  "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n" },
+	{ "HELP under TLS", { .tls = true, .script = A(TLS_INFO), .input = "STARTTLS\r\n" }, NULL, "HELP",
+	  "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n" },
+	{ "tls require: MAIL before EHLO: 503 before 530",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true }, NULL, "MAIL FROM:<a@b.example>",
+	  R_NEED_HELO },
+	{ "tls require: MAIL after EHLO",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true, .script = A(LHLO_ALL), .input = EHLO_C },
+	  NULL, "MAIL FROM:<a@b.example>", "530 5.7.0 Must issue a STARTTLS command first\r\n" },
+	{ "tls require: MAIL under TLS",
+	  { .conf = CONF("[tls]\nrequire = yes\n"), .tls = true, .script = A(TLS_INFO, LHLO_ALL),
+	    .input = "STARTTLS\r\n" },
+	  EHLO_C, "MAIL FROM:<a@b.example>", R_MAIL },
+};
+
+static void test_tls_rules(void)
+{
+	for (size_t i = 0; i < N_ELEMS(tls_rule_cases); i++) {
+		struct t *t = t_start(tls_rule_cases[i].name, tls_rule_cases[i].setup);
+		if (tls_rule_cases[i].more)
+			t_send(t, tls_rule_cases[i].more);
+		CHECK(!t->script || !t->script[t->iscript], "the setup's answers are all taken");
+		t->script = NULL;
+		t_replies(t);
+		char cmd[128];
+		snprintf(cmd, sizeof cmd, "%s\r\n", tls_rule_cases[i].line);
+		t_send(t, cmd);
+		t_settle(t);
+		CHECK_STR_EQ(t_replies(t), tls_rule_cases[i].want);
+		t_free(t);
+	}
+}
+
+/* With MAIL and RCPT pipelined and their answers awaited, a clean RCPT or
+ * DATA goes to the backend at once; anything else, a line with a bad
+ * ending included, waits until the answers are in. */
+static void test_verbs_pipelined(void)
+{
+	static const struct {
+		const char *name;
+		struct bytes line;
+		bool joins;
+	} bad_endings[] = {
+		{ "RCPT ended by a bare LF", B("RCPT TO:<e@f.example>\n"), false },
+		{ "RCPT with a NUL", B("RCPT TO:<e@f\0.example>\r\n"), false },
+		{ "DATA ended by a bare LF", B("DATA\n"), false },
+		{ "RCPT with CRLF", B("RCPT TO:<e@f.example>\r\n"), true },
+	};
+	char name[N_ELEMS(verb_cases) + N_ELEMS(bad_endings)][96];
+	for (size_t i = 0; i < N_ELEMS(verb_cases) + N_ELEMS(bad_endings); i++) {
+		char line[128];
+		struct bytes in;
+		bool joins;
+		if (i < N_ELEMS(verb_cases)) {
+			snprintf(line, sizeof line, "%s\r\n", verb_cases[i].line);
+			in = (struct bytes){ line, strlen(line) };
+			joins = verb_cases[i].joins;
+			snprintf(name[i], sizeof name[i], "%s behind a pipelined MAIL and RCPT",
+			         verb_cases[i].line);
+		} else {
+			in = bad_endings[i - N_ELEMS(verb_cases)].line;
+			joins = bad_endings[i - N_ELEMS(verb_cases)].joins;
+			snprintf(name[i], sizeof name[i], "%s, behind a pipelined MAIL and RCPT",
+			         bad_endings[i - N_ELEMS(verb_cases)].name);
+		}
+		struct t *t = t_start(name[i], (struct t_setup){ .tls = true, .script = A(LHLO_ALL),
+		                                                 .input = EHLO_C });
+		t->script = NULL;
+		t_replies(t);
+		t_log(t);
+		t_send(t, MAIL_AB RCPT_CD);
+		t_sendn(t, in.s, in.n);
+		const char *log = t_log(t);
+		size_t group = strlen(L_MAIL L_RCPT_CD);
+		CHECK_MEM_EQ(log, strlen(log) < group ? strlen(log) : group, L_MAIL L_RCPT_CD);
+		CHECK(joins == (strlen(log) > group), "%s goes to the backend: %s",
+		      joins ? "it" : "nothing more", log);
+		CHECK_STR_EQ(t_replies(t), "");
+		CHECK(joins || smtp_busy(t->s), "held until the answers are in");
+		t_settle(t);
+		CHECK(!smtp_busy(t->s) || t->f.npend, "taken once they are");
+		t_free(t);
+	}
+}
+
+/* smtp_data_received formats into char hdr[1024] and sends nothing when the
  * header does not fit, so a long EHLO name, a long recipient and a long TLS
  * comment (its sni= is the client's) make the message go to the backend
  * without any Received header: no trace of the client, no loop detection
  * (RFC 5321 4.4: a server MUST insert one). */
 static void test_received_always(void)
 {
-	check_case("Received header with long names is still sent");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	smtp_set_tls_available(t->s, true);
+	struct t *t = t_start("Received header with long names is still sent",
+	                      (struct t_setup){ .tls = true });
 	char helo[256], rcpt[600], info[200], cmd[1200];
 	memset(helo, 'h', 255);
 	helo[255] = '\0';
@@ -1470,10 +1684,7 @@ static void test_received_always(void)
 
 static void test_long_command(void)
 {
-	check_case("over-long command");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	struct t *t = t_start("over-long command", (struct t_setup){ 0 });
 	char line[700];
 	memcpy(line, "NOOP ", 5);
 	memset(line + 5, 'a', 600);
@@ -1482,10 +1693,7 @@ static void test_long_command(void)
 	CHECK_STR_EQ(t->f.replies, GREET "500 5.5.2 Line too long\r\n" R_OK250);
 	t_free(t);
 
-	check_case("command of exactly 512 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	t = t_start("command of exactly 512 octets", (struct t_setup){ 0 });
 	memcpy(line, "NOOP ", 5);
 	memset(line + 5, 'a', 505);
 	memcpy(line + 510, "\r\n", 3);
@@ -1494,12 +1702,8 @@ static void test_long_command(void)
 	CHECK_STR_EQ(t->f.replies, GREET R_OK250);
 	t_free(t);
 
-	check_case("over-long MAIL in pieces is not executed");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL);
-	t_send(t, EHLO_C "MAIL FROM:<");
+	t = t_start("over-long MAIL in pieces is not executed",
+	            (struct t_setup){ .script = A(LHLO_ALL), .input = EHLO_C "MAIL FROM:<" });
 	memset(line, 'a', 400);
 	line[400] = '\0';
 	t_send(t, line);
@@ -1517,12 +1721,9 @@ static void test_long_command(void)
  * (553 5.6.7) but smtp_cmd_rcpt forwards a UTF-8 recipient to the backend. */
 static void test_rcpt_utf8_needs_smtputf8(void)
 {
-	check_case("rcpt: UTF-8 recipient without MAIL ... SMTPUTF8");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("rcpt: UTF-8 recipient without MAIL ... SMTPUTF8",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                                        .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_log(t);
 	t_send(t, "RCPT TO:<j\xc3\xb6@d.example>\r\n");
@@ -1531,12 +1732,10 @@ static void test_rcpt_utf8_needs_smtputf8(void)
 	CHECK_STR_EQ(t_log(t), "");
 	t_free(t);
 
-	check_case("rcpt: UTF-8 recipient after MAIL ... SMTPUTF8");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL, OK_RCPT);
-	t_send(t, EHLO_C "MAIL FROM:<a@b.example> SMTPUTF8\r\nRCPT TO:<j\xc3\xb6@d.example>\r\n");
+	t = t_start("rcpt: UTF-8 recipient after MAIL ... SMTPUTF8",
+	            (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL, OK_RCPT),
+	                              .input = EHLO_C "MAIL FROM:<a@b.example> SMTPUTF8\r\n"
+	                                              "RCPT TO:<j\xc3\xb6@d.example>\r\n" });
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL R_MAIL R_RCPT);
 	t_free(t);
 }
@@ -1547,12 +1746,9 @@ static void test_rcpt_utf8_needs_smtputf8(void)
  * forever. The reply check in fake_reply reports it. */
 static void test_long_multiline_reply(void)
 {
-	check_case("many-line backend reply keeps its last line");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, OK_MAIL);
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("many-line backend reply keeps its last line",
+	                      (struct t_setup){ .script = A(LHLO_ALL, OK_MAIL),
+	                                        .input = EHLO_C MAIL_AB });
 	t_replies(t);
 	t_send(t, RCPT_CD);
 	char answer[1200];
@@ -1582,9 +1778,9 @@ static void ehlo_long_names_child(void)
 	/* 63 + 1 + 63 + 1 + 61 = 189 */
 	snprintf(host, sizeof host, "%.63s.%.63s.%.61s", L63_A, L63_A, L63_A);
 	snprintf(conf, sizeof conf, "hostname=%s\nmax_message_size = 10k\n", host);
-	struct t *t = t_new(conf, "2001:db8:1111:2222:3333:4444:5555:6666");
-	if (!t)
-		return;
+	struct t *t = t_start("EHLO reply with a long hostname and EHLO name",
+	                      (struct t_setup){ .conf = conf,
+	                                        .client_ip = "2001:db8:1111:2222:3333:4444:5555:6666" });
 	memset(helo, 'h', 255);
 	helo[255] = '\0';
 	snprintf(cmd, sizeof cmd, "EHLO %s\r\n", helo);
@@ -1688,38 +1884,26 @@ static void test_map_lmtp(void)
  * at the edges, and normalisation pushing a line past 1000 octets. */
 static void test_fuzz_findings(void)
 {
-	check_case("354 to MAIL is never passed on");
-	struct t *t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, "354 go ahead");
-	t_send(t, EHLO_C MAIL_AB);
+	struct t *t = t_start("354 to MAIL is never passed on",
+	                      (struct t_setup){ .script = A(LHLO_ALL, "354 go ahead"),
+	                                        .input = EHLO_C MAIL_AB });
 	CHECK_STR_EQ(t->f.replies,
 	             GREET EHLO_ALL "451 4.4.2 Backend protocol error, try again later\r\n");
 	t_free(t);
 
-	check_case("3xx after the final dot is a 451");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "354 more?");
-	t_send(t, TX1_IN "a\r\n.\r\n");
+	t = t_start("3xx after the final dot is a 451",
+	            (struct t_setup){ .script = A(TX1_ANS, "354 more?"),
+	                              .input = TX1_IN "a\r\n.\r\n" });
 	CHECK_STR_EQ(t->f.replies, TX1_OUT "451 4.4.2 Backend protocol error, try again later\r\n");
 	t_free(t);
 
-	check_case("an empty last reply line still ends the reply");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
-	t->script = A(LHLO_ALL, "250-2.1.0 first\n250 ");
-	t_send(t, EHLO_C MAIL_AB);
+	t = t_start("an empty last reply line still ends the reply",
+	            (struct t_setup){ .script = A(LHLO_ALL, "250-2.1.0 first\n250 "),
+	                              .input = EHLO_C MAIL_AB });
 	CHECK_STR_EQ(t->f.replies, GREET EHLO_ALL "250-2.1.0 first\r\n250 2.0.0 \r\n");
 	t_free(t);
 
-	check_case("a backend reply line is cut to 512 octets");
-	t = t_new(NULL, NULL);
-	if (!t)
-		return;
+	t = t_start("a backend reply line is cut to 512 octets", (struct t_setup){ 0 });
 	char longrep[600];
 	memset(longrep, 'x', sizeof longrep - 1);
 	memcpy(longrep, "550 5.1.1 ", 10);
@@ -1731,12 +1915,9 @@ static void test_fuzz_findings(void)
 	CHECK(strlen(r) <= 512 && strlen(r) >= 400, "reply of %zu octets", strlen(r));
 	t_free(t);
 
-	check_case("SIZE counts the message without its stuffing dots (RFC 1870)");
-	t = t_new(NULL, NULL); /* max_message_size = 10k */
-	if (!t)
-		return;
-	t->script = A(TX1_ANS, "250 2.0.0 ok");
-	t_send(t, TX1_IN);
+	t = t_start("SIZE counts the message without its stuffing dots (RFC 1870)",
+	            (struct t_setup){ .script = A(TX1_ANS, "250 2.0.0 ok"),
+	                              .input = TX1_IN }); /* max_message_size = 10k */
 	char stuffed[514];
 	memset(stuffed, 'q', sizeof stuffed);
 	stuffed[0] = stuffed[1] = '.'; /* "..qqq": 512 octets of message, 513 on the wire */
@@ -1748,11 +1929,9 @@ static void test_fuzz_findings(void)
 	      t->f.replies + strlen(TX1_OUT));
 	t_free(t);
 
-	check_case("normalize: a line that grows past 1000 octets is refused");
-	t = t_new(DEFAULT_CONF "[smtp]\nbare_newline = normalize\n", NULL);
-	if (!t)
-		return;
-	t->script = A(TX1_ANS);
+	t = t_start("normalize: a line that grows past 1000 octets is refused",
+	            (struct t_setup){ .conf = DEFAULT_CONF "[smtp]\nbare_newline = normalize\n",
+	                              .script = A(TX1_ANS) });
 	char line[1001];
 	memset(line, 'y', 999);
 	line[999] = '\n'; /* 999 octets and a bare LF: 1001 once it is CRLF */
@@ -1779,7 +1958,11 @@ int main(void)
 	test_data_limits();
 	test_backend_failures();
 	test_goodbye();
+	test_instead_of_greeting();
 	test_starttls();
+	test_verbs_in_states();
+	test_verbs_pipelined();
+	test_tls_rules();
 	test_long_command();
 	test_map_lmtp();
 	test_rcpt_utf8_needs_smtputf8();
