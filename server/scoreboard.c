@@ -239,10 +239,12 @@ int scoreboard_table(const struct scoreboard_row *rows, size_t nrows, char **out
 		             share);
 		rc = growbuf_append(&b, line, (size_t)n);
 	}
-	if (rc < 0) {
+	/* A C string too, for whoever prints it. */
+	if (rc < 0 || growbuf_append(&b, "", 1) < 0) {
 		growbuf_free(&b);
 		return -1;
 	}
 	*out = growbuf_take(&b, len);
+	--*len;
 	return 0;
 }

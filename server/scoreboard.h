@@ -61,7 +61,8 @@ struct scoreboard_row {
 int scoreboard_merge(struct scoreboard *const *sbs, unsigned nsb, unsigned top,
                      struct scoreboard_row **rows, size_t *nrows);
 
-/* ROWS as the table `mxfront stats senders` prints, into a new buffer. */
+/* ROWS as the table `mxfront stats senders` prints, into a new
+ * NUL-terminated buffer (*OUT, owned by the caller) of *LEN bytes. */
 int scoreboard_table(const struct scoreboard_row *rows, size_t nrows, char **out, size_t *len);
 
 #endif
