@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "preflight.h"
+#include "publicsuffix.h"
 #include "generation.h"
 #include "reload.h"
 #include "tls.h"
@@ -604,5 +605,6 @@ int main(int argc, char **argv)
 		metrics_fini();
 	}
 	config_unref(cfg);
+	publicsuffix_free();
 	return rc;
 }

@@ -10,4 +10,7 @@
  * publicsuffix package), loaded once; NULL if neither loads. Any thread. */
 const psl_ctx_t *publicsuffix_list(void);
 
+/* At exit, once no thread uses the list any more (it is not loaded again). */
+void publicsuffix_free(void);
+
 #endif
