@@ -255,6 +255,14 @@ static int main_test(struct config *cfg)
 			log_info("event=check listen=%s note=\"%s\"", cfg->listen[i].text, note);
 		}
 	}
+	if (cfg->metrics_listen.text) {
+		if (preflight_listen(&cfg->metrics_listen, note, sizeof note, err, sizeof err) < 0) {
+			main_config_error(cfg, "metrics", "listen", "%s", err);
+			errors++;
+		} else if (note[0]) {
+			log_info("event=check metrics=%s note=\"%s\"", cfg->metrics_listen.text, note);
+		}
+	}
 	struct main_reports r = { 0 };
 	struct generation *gen;
 	if (main_load_generation(cfg, &gen, &r) < 0)

@@ -208,9 +208,14 @@ def test_metrics_listen_in_use_is_a_start_error_naming_the_key(mxfront, fake_bac
             "127.0.0.1:9", {"metrics": {"listen": f"127.0.0.1:{port}"}}))
         p = subprocess.run([lib.MXFRONT_BIN, "-c", str(conf)], capture_output=True, text=True,
                            timeout=20)
+        t = subprocess.run([lib.MXFRONT_BIN, "-t", "-c", str(conf)], capture_output=True,
+                           text=True, timeout=20)
     assert p.returncode == 1, p.stderr
     assert f"{conf}:{where[('metrics', 'listen')]}: [metrics] listen:" in p.stderr, p.stderr
     assert "Address already in use" in p.stderr
+    # -t says the same before a start would fail.
+    assert t.returncode == 1, t.stderr
+    assert f"{conf}:{where[('metrics', 'listen')]}: [metrics] listen:" in t.stderr, t.stderr
 
 
 def make_many_names(d, certs, per_cert):
