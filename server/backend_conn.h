@@ -52,6 +52,7 @@ struct backend_conn {
 	struct backend_conn *next, *prev; /* the pool's lists */
 	unsigned generation;              /* the pool's: config it was opened for */
 	int pool_state;                   /* the pool's */
+	uint64_t opened_ns;               /* the pool's: uv_hrtime() at backend_conn_new */
 
 	union {
 		uv_handle_t handle;

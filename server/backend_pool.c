@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 
 #define BACKEND_POOL_BACKOFF_MIN_MS 250
 #define BACKEND_POOL_BACKOFF_MAX_MS 10000
@@ -59,6 +60,17 @@ struct backend_pool {
 };
 
 static const struct backend_conn_cbs backend_pool_conn_cbs;
+
+/* The worker's gauges follow the pool: called at the end of each entry
+ * point and callback that changes it. */
+static void backend_pool_gauges(const struct backend_pool *p)
+{
+	metrics_gauge_set(METRICS_POOL_SIZE, p->nconns);
+	metrics_gauge_set(METRICS_POOL_BUSY, p->nconns - p->idle.n - p->owned.n);
+	metrics_gauge_set(METRICS_POOL_WAITING, p->nwaiting);
+	metrics_gauge_set(METRICS_BACKEND_STATE, p->down ? METRICS_BACKEND_DOWN
+	                  : p->caps_known ? METRICS_BACKEND_UP : METRICS_BACKEND_UNKNOWN);
+}
 
 static void backend_pool_list_add(struct backend_pool_list *l, struct backend_conn *c)
 {
@@ -148,6 +160,7 @@ static void backend_pool_queue_timer_cb(uv_timer_t *t)
 		w->ready(w, NULL, BACKEND_BUSY);
 	}
 	backend_pool_arm_queue(p);
+	backend_pool_gauges(p);
 }
 
 /* ---- connections ---- */
@@ -200,6 +213,7 @@ static void backend_pool_retry_cb(uv_timer_t *t)
 	struct backend_pool *p = t->data;
 	if (!p->probing)
 		backend_pool_open(p);
+	backend_pool_gauges(p);
 }
 
 static void backend_pool_set_down(struct backend_pool *p, const char *reason)
@@ -236,14 +250,23 @@ static void backend_pool_conn_error(void *owner, struct backend_conn *c, const c
 		         backend_pool_stage[st], reason);
 	backend_pool_drop(p, c);
 	if (!setup) {
+		/* An idle connection the backend closed or broke: with none left,
+		 * one new connection finds out whether the backend is still there
+		 * (health and EHLO's capabilities would otherwise lag until the
+		 * next MAIL). */
+		if (st == POOL_CONN_IDLE && strcmp(reason, "timeout") != 0 && p->nconns == 0)
+			backend_pool_open(p);
 		backend_pool_grow(p);
+		backend_pool_gauges(p);
 		return;
 	}
+	metrics_inc(METRICS_POOL_CONNECT_ERRORS);
 	p->probing = false;
 	/* A connection that cannot be set up: the backend is down for every
 	 * session until a retry works. Those waiting hear it at once. */
 	backend_pool_set_down(p, reason);
 	backend_pool_fail_waiters(p, BACKEND_DOWN);
+	backend_pool_gauges(p);
 }
 
 static void backend_pool_conn_connected(void *owner, struct backend_conn *c)
@@ -290,6 +313,7 @@ static void backend_pool_conn_reply(void *owner, struct backend_conn *c, const s
 		p->caps_known = true;
 		p->probing = false;
 		backend_pool_set_up(p);
+		metrics_latency(METRICS_STAGE_CONNECT, uv_hrtime() - c->opened_ns);
 		break;
 	case POOL_CONN_RESET:
 		if (r->code != 250)
@@ -301,6 +325,7 @@ static void backend_pool_conn_reply(void *owner, struct backend_conn *c, const s
 	p->nsetup -= c->pool_state == POOL_CONN_LHLO;
 	backend_pool_list_del(&p->owned, c);
 	backend_pool_offer(p, c);
+	backend_pool_gauges(p);
 }
 
 static const struct backend_conn_cbs backend_pool_conn_cbs = {
@@ -321,6 +346,7 @@ static void backend_pool_open(struct backend_pool *p)
 	}
 	if (p->down)
 		p->probing = true;
+	c->opened_ns = uv_hrtime();
 	c->generation = p->generation;
 	c->pool_state = POOL_CONN_CONNECTING;
 	p->nconns++;
@@ -331,7 +357,7 @@ static void backend_pool_open(struct backend_pool *p)
 
 /* ---- the interface ---- */
 
-void backend_pool_get(struct backend_pool *p, struct backend_waiter *w)
+static void backend_pool_lend(struct backend_pool *p, struct backend_waiter *w)
 {
 	if (p->stopping) {
 		w->ready(w, NULL, BACKEND_DOWN);
@@ -360,6 +386,12 @@ void backend_pool_get(struct backend_pool *p, struct backend_waiter *w)
 	backend_pool_grow(p);
 }
 
+void backend_pool_get(struct backend_pool *p, struct backend_waiter *w)
+{
+	backend_pool_lend(p, w);
+	backend_pool_gauges(p);
+}
+
 void backend_pool_cancel(struct backend_pool *p, struct backend_waiter *w)
 {
 	if (!w->queued)
@@ -368,9 +400,11 @@ void backend_pool_cancel(struct backend_pool *p, struct backend_waiter *w)
 	backend_pool_unqueue(p, w);
 	if (head)
 		backend_pool_arm_queue(p);
+	backend_pool_gauges(p);
 }
 
-void backend_pool_put(struct backend_pool *p, struct backend_conn *c, enum backend_put how)
+static void backend_pool_take_back(struct backend_pool *p, struct backend_conn *c,
+                                   enum backend_put how)
 {
 	backend_conn_set_owner(c, &backend_pool_conn_cbs, p);
 	if (how == BACKEND_PUT_CLOSE || c->generation != p->generation || p->stopping) {
@@ -386,6 +420,12 @@ void backend_pool_put(struct backend_pool *p, struct backend_conn *c, enum backe
 		return;
 	}
 	backend_pool_offer(p, c);
+}
+
+void backend_pool_put(struct backend_pool *p, struct backend_conn *c, enum backend_put how)
+{
+	backend_pool_take_back(p, c, how);
+	backend_pool_gauges(p);
 }
 
 unsigned backend_pool_caps(const struct backend_pool *p, bool *known)
@@ -422,6 +462,7 @@ void backend_pool_update(struct backend_pool *p, struct config *cfg)
 	p->probing = false;
 	uv_timer_stop(&p->retry_timer);
 	backend_pool_open(p);
+	backend_pool_gauges(p);
 }
 
 struct backend_pool *backend_pool_new(uv_loop_t *loop, struct config *cfg, unsigned nworkers)
@@ -438,6 +479,7 @@ struct backend_pool *backend_pool_new(uv_loop_t *loop, struct config *cfg, unsig
 	p->queue_timer.data = p->retry_timer.data = p;
 	p->open_timers = 2;
 	backend_pool_open(p);
+	backend_pool_gauges(p);
 	return p;
 }
 

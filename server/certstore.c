@@ -683,6 +683,30 @@ void certstore_foreach(const struct certstore *cs, certstore_each_fn fn, void *a
 	}
 }
 
+void certstore_foreach_cert(const struct certstore *cs, certstore_each_fn fn, void *arg)
+{
+	size_t i, j;
+	const char **first = calloc(cs->ncerts ? cs->ncerts : 1, sizeof *first);
+
+	/* Names are sorted: a certificate's first name is the first seen. */
+	for (i = 0; first != NULL && i < cs->nnames; i++)
+		for (j = 0; j < cs->names[i].count; j++)
+			if (first[cs->members[cs->names[i].first + j]] == NULL)
+				first[cs->members[cs->names[i].first + j]] = cs->names[i].pub.name;
+	for (i = 0; i < cs->ncerts; i++) {
+		const struct certstore_cert *c = cs->certs[i];
+		struct certstore_row row = { first != NULL && first[i] != NULL ? first[i] : "",
+			                     c->label, c->keytype, c->not_after, c->spki_sha256 };
+		fn(arg, &row);
+	}
+	free(first);
+}
+
+struct certstore_entry *certstore_entry_at(struct certstore *cs, size_t i)
+{
+	return &cs->names[i].pub;
+}
+
 /* Whether name X of A and name Y of B are served by the same certificates. */
 static bool certstore_same_members(const struct certstore *a, const struct certstore_name *x,
                                    const struct certstore *b, const struct certstore_name *y)

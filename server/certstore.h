@@ -9,6 +9,7 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -22,6 +23,7 @@ struct certstore_entry {
 	gnutls_certificate_credentials_t cred;
 	const char *name;  /* the name as indexed: lower case, maybe "*.example.com" */
 	const char *label; /* directory name(s) of the certificate(s), comma-separated */
+	uint32_t metrics_slot; /* metrics' counter for this name (0 until metrics gives one) */
 };
 
 /* How a lookup matched, for logs. */
@@ -125,5 +127,14 @@ struct certstore_row {
  * borrowed for the call. */
 typedef void (*certstore_each_fn)(void *arg, const struct certstore_row *row);
 void certstore_foreach(const struct certstore *cs, certstore_each_fn fn, void *arg);
+
+/* Calls FN once per certificate loaded, in directory order, with ROW->name
+ * its first name (sorted). */
+void certstore_foreach_cert(const struct certstore *cs, certstore_each_fn fn, void *arg);
+
+/* The I-th name (0 <= I < certstore_nnames), in sorted order. Only its
+ * metrics_slot may be written, and only before the store is shared with
+ * another thread. */
+struct certstore_entry *certstore_entry_at(struct certstore *cs, size_t i);
 
 #endif

@@ -5,6 +5,7 @@
  * Runs on certstore.c's loading threads: touches only its own item and worker;
  * never prints or exits (problems go to the item's report). */
 #include "certstore_int.h"
+#include "publicsuffix.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -291,26 +292,14 @@ static void certstore_bad_name(struct certstore_worker *w, const char *s, size_t
 		certstore_escape(s, len, w->bad, sizeof w->bad);
 }
 
-static const psl_ctx_t *certstore_psl;
-
-static void certstore_psl_init(void)
-{
-	/* The newer of libpsl's built-in list and the system's (Debian's publicsuffix). */
-	certstore_psl = psl_latest(NULL);
-	if (certstore_psl == NULL)
-		certstore_psl = psl_builtin();
-}
-
 /* Whether NAME ("com", "co.uk", "github.io") is a public suffix: a wildcard
  * over it would serve names of unrelated owners. Only listed suffixes count,
  * not every unknown top-level name (libpsl's implicit "*" rule). */
 static bool certstore_public_suffix(const char *name)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	const psl_ctx_t *psl = publicsuffix_list();
 
-	pthread_once(&once, certstore_psl_init);
-	return certstore_psl != NULL &&
-	       psl_is_public_suffix2(certstore_psl, name, PSL_TYPE_ANY | PSL_TYPE_NO_STAR_RULE);
+	return psl != NULL && psl_is_public_suffix2(psl, name, PSL_TYPE_ANY | PSL_TYPE_NO_STAR_RULE);
 }
 
 /* Notes a privkey.pem (stamped ST) that someone besides mxfront may read:

@@ -31,6 +31,7 @@ enum config_type {
 	CONFIG_BACKEND,
 	CONFIG_PROTOCOL,
 	CONFIG_BARE_NEWLINE,
+	CONFIG_ADDR_OPTIONAL,
 };
 
 struct config_key {
@@ -62,6 +63,7 @@ static const struct config_key config_keys[] = {
 	{ "server", "workers", CONFIG_UINT, OFF(workers), 0, 256, "0" },
 	{ "server", "user", CONFIG_STRING, OFF(user), 0, 0, "" },
 	{ "server", "group", CONFIG_STRING, OFF(group), 0, 0, "" },
+	{ "server", "control_socket", CONFIG_PATH, OFF(control_socket), 0, 0, "" },
 	{ "backend", "address", CONFIG_BACKEND, OFF(backend), 0, 0, "127.0.0.1:24" },
 	{ "backend", "protocol", CONFIG_PROTOCOL, OFF(backend_protocol), 0, 0, "lmtp" },
 	{ "backend", "connect_timeout", CONFIG_DURATION, OFF(backend_connect_timeout_ms), 1000,
@@ -84,6 +86,8 @@ static const struct config_key config_keys[] = {
 	{ "timeouts", "data", CONFIG_DURATION, OFF(data_timeout_ms), 1000, 3600000, "3m" },
 	{ "timeouts", "handshake", CONFIG_DURATION, OFF(handshake_timeout_ms), 1000, 600000, "1m" },
 	{ "timeouts", "idle", CONFIG_DURATION, OFF(idle_timeout_ms), 1000, 3600000, "3m" },
+	{ "metrics", "listen", CONFIG_ADDR_OPTIONAL, OFF(metrics_listen), 0, 0, "" },
+	{ "metrics", "senders", CONFIG_UINT, OFF(metrics_senders), 1, 1000, "20" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])
@@ -408,6 +412,15 @@ static int config_set(struct config *cfg, const struct config_key *k, const char
 		                  value, why, whysize);
 	case CONFIG_LISTEN:
 		return config_set_listen(cfg, value, why, whysize);
+	case CONFIG_ADDR_OPTIONAL: {
+		/* Empty: off. */
+		struct config_addr addr = { 0 };
+		if (value[0] && config_parse_addr(value, cfg->dir, false, &addr, why, whysize) < 0)
+			return -1;
+		config_addr_fini((struct config_addr *)field);
+		*(struct config_addr *)field = addr;
+		return 0;
+	}
 	case CONFIG_BACKEND: {
 		struct config_addr addr;
 		if (config_parse_addr(value, cfg->dir, true, &addr, why, whysize) < 0)
@@ -479,6 +492,8 @@ static void config_free(struct config *cfg)
 	free(cfg->tls_certs_dir);
 	free(cfg->tls_default_cert);
 	free(cfg->tls_priority);
+	free(cfg->control_socket);
+	config_addr_fini(&cfg->metrics_listen);
 	free(cfg->lines);
 	free(cfg);
 }

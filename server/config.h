@@ -40,6 +40,7 @@ struct config {
 	unsigned greeting_delay_ms;    /* 0: greet at once, no early-talker check */
 	char *user;  /* switch to this user after binding; "" = stay */
 	char *group; /* and this group; "" = the user's primary group */
+	char *control_socket; /* the control socket's path, or NULL: see control.h */
 
 	/* [backend] */
 	struct config_addr backend;
@@ -67,6 +68,10 @@ struct config {
 	unsigned data_timeout_ms;
 	unsigned handshake_timeout_ms;
 	unsigned idle_timeout_ms; /* a session without a transaction this long is closed */
+
+	/* [metrics] */
+	struct config_addr metrics_listen; /* text NULL: no HTTP listener */
+	unsigned metrics_senders;          /* rows of the SNI scoreboard before "other" */
 };
 
 /* Loads PATH into a new config with one reference (the caller's). On error

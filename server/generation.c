@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
+
 int generation_new(struct config *cfg, struct certstore *cs, struct generation **out, char *err,
                    size_t errsize)
 {
@@ -20,6 +22,8 @@ int generation_new(struct config *cfg, struct certstore *cs, struct generation *
 	atomic_init(&g->refs, 1);
 	g->cfg = config_ref(cfg);
 	g->cs = cs ? certstore_ref(cs) : NULL;
+	/* Before any worker sees CS: its names' SNI counters. */
+	metrics_register_names(cs);
 	if (cs && tls_context_new(cfg, cs, &g->tc, err, errsize) < 0) {
 		generation_unref(g);
 		return -1;

@@ -18,6 +18,7 @@
 
 #include "iplimit.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 
 /* What the listeners of all workers share: the client total for
@@ -56,6 +57,7 @@ struct listener_sock {
 	struct listener *l;
 	struct config_addr addr; /* copied: kept sockets outlive their config */
 	size_t index; /* in l->gen->cfg->listen: its default certificate */
+	unsigned metric; /* its metrics_listener_slot */
 };
 
 struct listener {
@@ -108,6 +110,7 @@ static void listener_session_gone(void *arg, struct session *s)
 	}
 	atomic_fetch_sub(&l->shared->nclients, 1);
 	l->nclients--;
+	metrics_gauge(METRICS_SESSIONS, -1);
 	/* Its descriptor is free now (the timer covers those of other loops). */
 	if (!l->stopping && uv_is_active((uv_handle_t *)&l->resume_timer))
 		listener_resume(l);
@@ -122,6 +125,7 @@ static const char *listener_admit(struct listener *l, struct session_link *k, uv
 {
 	const struct config *cfg = l->cfg;
 	if (atomic_load(&l->shared->nclients) > cfg->max_clients) {
+		metrics_inc(METRICS_LIMIT_MAX_CLIENTS);
 		log_warn("event=limit kind=max_clients limit=%u", cfg->max_clients);
 		return "Too many connections, try again later";
 	}
@@ -138,9 +142,11 @@ static const char *listener_admit(struct listener *l, struct session_link *k, uv
 		k->counted = true;
 		return NULL;
 	case IPLIMIT_TOO_MANY:
+		metrics_inc(METRICS_LIMIT_MAX_CLIENTS_PER_IP);
 		log_warn("event=limit kind=max_clients_per_ip limit=%u", cfg->max_clients_per_ip);
 		return "Too many connections from your address, try again later";
 	case IPLIMIT_TOO_FAST:
+		metrics_inc(METRICS_LIMIT_MAX_CONNECTION_RATE);
 		log_warn("event=limit kind=max_connection_rate limit=%u/min", cfg->max_connection_rate);
 		return "Too many connections from your address per minute, try again later";
 	}
@@ -187,6 +193,8 @@ static void listener_pause(struct listener_sock *ls, int err)
 	if (!uv_is_active((uv_handle_t *)&l->resume_timer))
 		uv_timer_start(&l->resume_timer, listener_resume_cb, LISTENER_PAUSE_MS, 0);
 	l->deferred++;
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+		metrics_inc(METRICS_LIMIT_FD);
 	uint64_t now = uv_now(l->loop);
 	if (l->accept_logged && now - l->accept_logged < LISTENER_LOG_EVERY_MS)
 		return;
@@ -220,13 +228,16 @@ static void listener_start_session(struct listener_sock *ls, int fd)
 	l->sessions.prev = k;
 	l->nclients++;
 	atomic_fetch_add(&l->shared->nclients, 1);
+	metrics_gauge(METRICS_SESSIONS, 1);
 	if (uv_tcp_open(session_tcp(s), fd) != 0) {
 		if (uv_fileno((uv_handle_t *)session_tcp(s), &(uv_os_fd_t){ 0 }) != 0)
 			close(fd);
 		session_close(s, "accept failed");
 		return;
 	}
-	session_start(s, listener_admit(l, k, session_tcp(s)));
+	const char *refuse = listener_admit(l, k, session_tcp(s));
+	metrics_connection(ls->metric, !refuse);
+	session_start(s, refuse);
 }
 
 static void listener_poll_cb(uv_poll_t *p, int status, int events)
@@ -297,6 +308,7 @@ static struct listener_sock *listener_sock_open(struct listener *l, const struct
 	}
 	ls->l = l;
 	ls->fd = fd;
+	ls->metric = metrics_listener_slot(a->text);
 	ls->addr.sa = a->sa;
 	ls->addr.salen = a->salen;
 	/* listener_bind made it listen. */

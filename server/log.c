@@ -1,17 +1,36 @@
 /* log: formats key=value event lines and writes each with a single write(2).
- * Owns nothing but the level; never blocks on anything but stderr itself. */
+ * Owns nothing but the level and whether stderr is the journal; never
+ * blocks on anything but stderr itself. */
 #include "log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 static atomic_int log_level = LOG_LEVEL_INFO;
 
 static const char *const log_level_names[] = { "debug", "info", "warn", "error" };
+/* syslog priorities (sd-daemon(3) prefixes): debug 7, info 6, warning 4, err 3. */
+static const int log_level_prio[] = { 7, 6, 4, 3 };
+static bool log_journal;
+
+void log_init(void)
+{
+	/* systemd sets JOURNAL_STREAM=DEV:INODE of the stream it connected to
+	 * the journal; stderr may have been redirected since. */
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	log_journal = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 &&
+	              fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+	              (unsigned long long)st.st_ino == ino;
+}
 
 void log_set_level(enum log_level level)
 {
@@ -23,13 +42,20 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	if ((int)level < atomic_load(&log_level))
 		return;
 	char line[2048];
-	struct timespec now;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &now);
-	gmtime_r(&now.tv_sec, &tm);
-	size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %s ", now.tv_nsec / 1000000,
-	                      log_level_names[level]);
+	size_t n;
+	if (log_journal) {
+		/* The journal stamps each line itself and reads the priority. */
+		n = (size_t)snprintf(line, sizeof line, "<%d>%s ", log_level_prio[level],
+		                     log_level_names[level]);
+	} else {
+		struct timespec now;
+		struct tm tm;
+		clock_gettime(CLOCK_REALTIME, &now);
+		gmtime_r(&now.tv_sec, &tm);
+		n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+		n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %s ", now.tv_nsec / 1000000,
+		                      log_level_names[level]);
+	}
 	va_list ap;
 	va_start(ap, fmt);
 	int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);

@@ -8,10 +8,14 @@
 
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
+/* Once at start: when stderr is the journal ($JOURNAL_STREAM), each line
+ * starts with its syslog priority ("<6>info ...") instead of a timestamp. */
+void log_init(void);
+
 /* Lines below LEVEL are dropped. */
 void log_set_level(enum log_level level);
 
-/* Writes "ts level " + the formatted text + "\n". */
+/* Writes "ts level " (journal: "<prio>level ") + the formatted text + "\n". */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)

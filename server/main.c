@@ -17,9 +17,14 @@
 #include "certstore.h"
 #include "check.h"
 #include "config.h"
+#include "control.h"
 #include "fdlimit.h"
+#include "httpd.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "preflight.h"
+#include "publicsuffix.h"
 #include "generation.h"
 #include "reload.h"
 #include "tls.h"
@@ -34,16 +39,27 @@ enum {
 	MAIN_EXIT_CONFIG = 1, /* configuration error: the daemon would not (or did not) start */
 	MAIN_EXIT_USAGE = 2,
 	MAIN_EXIT_CERTS = 3,  /* certificate problems only: the daemon runs, skipping them */
+	MAIN_EXIT_NO = 4,     /* the daemon says no (not healthy, reload failed); certs: expiring */
+	MAIN_EXIT_DOWN = 5,   /* no answer from the daemon's control socket */
 };
+
+/* How long `mxfront reload` waits: a first load of 100,000 names takes 7 s. */
+#define MAIN_RELOAD_WAIT_MS 120000
+#define MAIN_ASK_WAIT_MS 10000
 
 static void main_usage(FILE *out)
 {
 	fprintf(out,
 	        "Usage: mxfront [-c FILE] [--address-file FILE]   run in the foreground\n"
 	        "       mxfront -t [-c FILE]                      check configuration and certificates\n"
-	        "       mxfront certs [-c FILE] [--tlsa]          list the names served\n"
+	        "       mxfront certs [-c FILE] [--tlsa] [--warn-days N]\n"
+	        "                                                 list the names served\n"
 	        "       mxfront check [-c FILE] [--ca FILE] [--days N] DOMAIN:MX[,MX...][:POLICY] ...\n"
 	        "                                                 check what senders to DOMAIN get\n"
+	        "       mxfront reload [-c FILE]                  reload the running daemon, wait for\n"
+	        "                                                 its verdict\n"
+	        "       mxfront health [-c FILE]                  can the running daemon take mail?\n"
+	        "       mxfront stats senders [-c FILE]           who sends SNI: sessions by sender\n"
 	        "       mxfront --version | --help\n"
 	        "\n"
 	        "Inbound SMTP front-end: accepts SMTP and relays every message to an LMTP\n"
@@ -58,6 +74,8 @@ static void main_usage(FILE *out)
 	        "                           one per line (useful with port 0)\n"
 	        "      --tlsa               certs: print a DANE record per name and certificate,\n"
 	        "                           _25._tcp.NAME. IN TLSA 3 1 1 SHA256-OF-ITS-KEY\n"
+	        "      --warn-days N        certs: name on stderr each certificate that expires\n"
+	        "                           within N days or has expired; exit 4 if any does\n"
 	        "      --ca FILE            check: verify chains against this PEM bundle\n"
 	        "                           (default: the system's trust store)\n"
 	        "      --days N             check: fail a certificate that expires within N days\n"
@@ -67,6 +85,16 @@ static void main_usage(FILE *out)
 	        "\n"
 	        "certs: one line per name served by certs.d/: name, certificate directory,\n"
 	        "key type, expiry, days left, and which default it is.\n"
+	        "\n"
+	        "reload, health, stats: ask the running daemon over its control socket\n"
+	        "([server] control_socket; under systemd $RUNTIME_DIRECTORY/control, else\n"
+	        "/run/mxfront/control). reload: exit 0 when the reload loaded, 4 when it\n"
+	        "failed (the running configuration is kept). health: exit 0 when mxfront can\n"
+	        "take mail now (listening, backend reachable, certificates loaded, not\n"
+	        "stopping), 4 with the reasons when not. stats senders: sessions per sending\n"
+	        "organisation (the EHLO name's registrable domain) with SNI for a served\n"
+	        "name, for an unknown name, without SNI, without TLS. Exit 5: no daemon\n"
+	        "answers on the control socket.\n"
 	        "\n"
 	        "check: for each hosted DOMAIN, given its MX host names and the file of its\n"
 	        "MTA-STS policy (RFC 8461): every MX name matches an mx pattern of the policy\n"
@@ -78,12 +106,15 @@ static void main_usage(FILE *out)
 	        "Exit codes: 0 ok; 1 configuration error (mxfront would not start, or did\n"
 	        "not); 2 usage; 3 (-t, certs) certificate problems only: a certificate that\n"
 	        "is skipped, a key others may read, a wildcard for a public suffix, no usable\n"
-	        "certificate at all (mxfront runs, without them).\n"
+	        "certificate at all (mxfront runs, without them); 4 (certs --warn-days) a\n"
+	        "certificate expires within N days or has expired, (reload) the reload\n"
+	        "failed, (health) not healthy; 5 (reload, health, stats) no answer.\n"
 	        "\n"
 	        "Signals: HUP reloads the configuration and certs.d/ (kept as they were if\n"
 	        "anything fails to load); TERM or INT stop gracefully: idle sessions get\n"
 	        "421 4.3.2, transactions in progress get [server] shutdown_timeout.\n"
-	        "Logs go to stderr, one key=value line per event.\n");
+	        "Logs go to stderr, one key=value line per event (under systemd, with the\n"
+	        "journal's priority prefixes instead of a timestamp).\n");
 }
 
 /* What loading certs.d/ reported: problems (a certificate skipped) and
@@ -92,6 +123,7 @@ static void main_usage(FILE *out)
 struct main_reports {
 	const char *dir; /* certs_dir: its own failure is said once, as a configuration error */
 	int problems, warnings;
+	int expired; /* problems that are certificates past their notAfter */
 	char last[600];
 };
 
@@ -102,6 +134,11 @@ static void main_cert_problem_cb(void *arg, const char *path, const char *reason
 	if (r->dir && strcmp(path, r->dir) == 0)
 		return;
 	r->problems++;
+	/* certstore's words for a certificate past its notAfter. */
+	if (strncmp(reason, "expired on ", 11) == 0) {
+		r->expired++;
+		fprintf(stderr, "mxfront: %s: %s: EXPIRED, not served\n", path, reason);
+	}
 	log_warn("event=cert_error file=%s reason=\"%s\"", path, reason);
 }
 
@@ -218,6 +255,14 @@ static int main_test(struct config *cfg)
 			log_info("event=check listen=%s note=\"%s\"", cfg->listen[i].text, note);
 		}
 	}
+	if (cfg->metrics_listen.text) {
+		if (preflight_listen(&cfg->metrics_listen, note, sizeof note, err, sizeof err) < 0) {
+			main_config_error(cfg, "metrics", "listen", "%s", err);
+			errors++;
+		} else if (note[0]) {
+			log_info("event=check metrics=%s note=\"%s\"", cfg->metrics_listen.text, note);
+		}
+	}
 	struct main_reports r = { 0 };
 	struct generation *gen;
 	if (main_load_generation(cfg, &gen, &r) < 0)
@@ -248,6 +293,8 @@ struct main_certs_row {
 	const struct main_certs_mark *marks;
 	size_t nmarks;
 	time_t now;
+	long warn_days; /* --warn-days, or -1 */
+	unsigned expiring;
 };
 
 /* Resolves default NAME as the handshake does (normalised, exact then
@@ -268,7 +315,7 @@ static void main_certs_resolve(const struct certstore *cs, const char *name, con
 
 static void main_certs_row_cb(void *arg, const struct certstore_row *row)
 {
-	const struct main_certs_row *m = arg;
+	struct main_certs_row *m = arg;
 	char date[32], marks[1024] = "";
 	struct tm tm;
 	gmtime_r(&row->not_after, &tm);
@@ -282,6 +329,12 @@ static void main_certs_row_cb(void *arg, const struct certstore_row *row)
 	long days = (long)((row->not_after - m->now) / 86400);
 	printf("%-40s %-24s %-11s %s %5ld %s\n", row->name, row->label, row->keytype, date, days,
 	       marks[0] ? marks : "-");
+	if (m->warn_days >= 0 && row->not_after - m->now < (time_t)m->warn_days * 86400) {
+		m->expiring++;
+		fprintf(stderr, "mxfront: %s: certificate %s (%s) expires on %s, in %ld days (within "
+		        "--warn-days %ld)\n", row->name, row->label, row->keytype, date, days,
+		        m->warn_days);
+	}
 }
 
 /* `mxfront certs --tlsa`: a DANE-EE SPKI SHA-256 record (RFC 7671, RFC 7672)
@@ -300,8 +353,10 @@ static void main_tlsa_row_cb(void *arg, const struct certstore_row *row)
 		       row->keytype);
 }
 
-/* `mxfront certs [--tlsa]`: one line per (name, certificate). */
-static int main_certs(struct config *cfg, bool tlsa)
+/* `mxfront certs [--tlsa] [--warn-days N]`: one line per (name, certificate).
+ * WARN_DAYS >= 0: names (and skipped certificates) that expire within that
+ * many days are said on stderr and the exit code is MAIN_EXIT_NO. */
+static int main_certs(struct config *cfg, bool tlsa, long warn_days)
 {
 	struct certstore *cs;
 	struct main_reports r = { 0 };
@@ -334,13 +389,40 @@ static int main_certs(struct config *cfg, bool tlsa)
 		snprintf(mark, sizeof mark, "listener-default(%s)", cfg->listen[i].text);
 		main_certs_resolve(cs, cfg->listen[i].default_cert, mark, &marks[n++]);
 	}
-	struct main_certs_row m = { marks, n, time(NULL) };
+	struct main_certs_row m = { marks, n, time(NULL), warn_days, 0 };
 	printf("%-40s %-24s %-11s %-10s %5s %s\n", "NAME", "CERTIFICATE", "KEY", "NOT-AFTER", "DAYS",
 	       "DEFAULT");
 	certstore_foreach(cs, main_certs_row_cb, &m);
 	free(marks);
 	certstore_unref(cs);
+	if (warn_days >= 0 && (m.expiring || r.expired)) {
+		fprintf(stderr, "mxfront: %u name(s) expire within %ld days, %d certificate(s) have "
+		        "expired\n", m.expiring, warn_days, r.expired);
+		return MAIN_EXIT_NO;
+	}
 	return r.problems || r.warnings ? MAIN_EXIT_CERTS : 0;
+}
+
+/* `mxfront reload|health|stats senders`: COMMAND to the daemon's control
+ * socket; prints its answer. Returns the exit code. */
+static int main_ask(const struct config *cfg, const char *command, int timeout_ms)
+{
+	char buf[300], err[600];
+	const char *path = control_path(cfg, true, buf, sizeof buf);
+	int status;
+	char *body;
+	if (control_ask(path, command, timeout_ms, &status, &body, err, sizeof err) < 0) {
+		fprintf(stderr, "mxfront: %s: is mxfront running? (%s)\n", command, err);
+		return MAIN_EXIT_DOWN;
+	}
+	/* The first line is the verdict; a table follows it. */
+	char *nl = strchr(body, '\n');
+	if (strcmp(command, "senders") == 0)
+		fputs(nl ? nl + 1 : "", stdout);
+	else
+		printf("%s", body);
+	free(body);
+	return status == 200 ? 0 : MAIN_EXIT_NO;
 }
 
 /* Binds, drops privileges, starts the workers and runs the main loop
@@ -360,23 +442,45 @@ static int main_run(const char *path, struct generation *gen, const char *addres
 	fdlimit_setup(cfg, workers, cfg->backend_max_connections);
 	uv_loop_init(&loop);
 	struct reload *r = reload_new(&loop, path, address_file, workers, gen, err, sizeof err);
+	struct httpd *http = NULL;
+	struct control *ctl = NULL;
+	char metrics_at[80] = "off", ctl_buf[300], listen[1024];
+	const char *ctl_path = control_path(cfg, false, ctl_buf, sizeof ctl_buf);
 	int rc = 0;
 	if (!r) {
 		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
+	} else if (cfg->metrics_listen.text &&
+	           !(http = httpd_start(&cfg->metrics_listen, metrics_at, sizeof metrics_at, err,
+	                                sizeof err))) {
+		main_config_error(cfg, "metrics", "listen", "%s", err);
+		rc = 1;
 	} else if (main_drop_privileges(cfg) < 0) {
+		rc = 1;
+	} else if (ctl_path && !(ctl = control_new(&loop, r, ctl_path, err, sizeof err))) {
+		/* As the user it runs as: the socket is that user's. */
+		main_config_error(cfg, "server", "control_socket", "%s", err);
 		rc = 1;
 	} else if (reload_start(r, err, sizeof err) < 0) {
 		fprintf(stderr, "mxfront: %s\n", err);
 		rc = 1;
 	} else {
-		log_info("event=start version=%s hostname=%s backend=%s workers=%u starttls=%s",
+		reload_addresses(r, listen, sizeof listen);
+		log_info("event=start version=%s hostname=%s backend=%s workers=%u starttls=%s "
+		         "listen=%s metrics=%s control=%s",
 		         MXFRONT_VERSION, cfg->hostname, cfg->backend.text, workers,
-		         tls_context_usable(gen->tc) ? "yes" : "no");
+		         tls_context_usable(gen->tc) ? "yes" : "no", listen, metrics_at,
+		         ctl_path ? ctl_path : "off");
+		char status[1200];
+		snprintf(status, sizeof status, "listening on %s, backend %s", listen, cfg->backend.text);
+		notify_ready(status);
 		uv_run(&loop, UV_RUN_DEFAULT);
 	}
+	control_free(ctl);
 	reload_free(r);
 	uv_run(&loop, UV_RUN_DEFAULT);
+	/* The workers are gone: nothing counts any more. */
+	httpd_stop(http);
 	if (uv_loop_close(&loop) != 0)
 		log_warn("event=exit reason=\"handles left open\"");
 	if (rc == 0)
@@ -386,7 +490,7 @@ static int main_run(const char *path, struct generation *gen, const char *addres
 
 int main(int argc, char **argv)
 {
-	enum { OPT_ADDRESS_FILE = 256, OPT_TLSA, OPT_CA, OPT_DAYS };
+	enum { OPT_ADDRESS_FILE = 256, OPT_TLSA, OPT_CA, OPT_DAYS, OPT_WARN_DAYS };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "test", no_argument, NULL, 't' },
@@ -394,6 +498,7 @@ int main(int argc, char **argv)
 		{ "tlsa", no_argument, NULL, OPT_TLSA },
 		{ "ca", required_argument, NULL, OPT_CA },
 		{ "days", required_argument, NULL, OPT_DAYS },
+		{ "warn-days", required_argument, NULL, OPT_WARN_DAYS },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -402,6 +507,7 @@ int main(int argc, char **argv)
 	bool test = false, tlsa = false;
 	struct check_options check = { NULL, 14 };
 	bool check_opts = false;
+	long warn_days = -1;
 	char *end;
 	int c;
 	while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
@@ -419,6 +525,13 @@ int main(int argc, char **argv)
 				return MAIN_EXIT_USAGE;
 			}
 			break;
+		case OPT_WARN_DAYS:
+			warn_days = strtol(optarg, &end, 10);
+			if (*optarg < '0' || *optarg > '9' || *end || warn_days > 3650) {
+				fprintf(stderr, "mxfront: --warn-days takes a number of days, 0 to 3650\n");
+				return MAIN_EXIT_USAGE;
+			}
+			break;
 		case 'V': printf("mxfront %s\n", MXFRONT_VERSION); return 0;
 		case 'h': main_usage(stdout); return 0;
 		default: main_usage(stderr); return MAIN_EXIT_USAGE;
@@ -427,11 +540,23 @@ int main(int argc, char **argv)
 	/* GNU getopt has moved the options before the command word. */
 	bool certs = optind < argc && strcmp(argv[optind], "certs") == 0;
 	bool checking = optind < argc && strcmp(argv[optind], "check") == 0;
+	/* Commands for the running daemon: the control socket's command word. */
+	const char *ask = NULL;
+	if (optind < argc && (strcmp(argv[optind], "reload") == 0 ||
+	                      strcmp(argv[optind], "health") == 0))
+		ask = argv[optind++];
+	else if (optind + 1 < argc && strcmp(argv[optind], "stats") == 0 &&
+	         strcmp(argv[optind + 1], "senders") == 0)
+		ask = "senders", optind += 2;
 	if (certs || checking)
 		optind++;
 	const char *misplaced = NULL;
 	if (tlsa && !certs)
 		misplaced = "--tlsa";
+	else if (warn_days >= 0 && !certs)
+		misplaced = "--warn-days";
+	else if (ask && (test || address_file))
+		misplaced = test ? "-t" : "--address-file";
 	else if (check_opts && !checking)
 		misplaced = "--ca and --days";
 	else if (address_file && (certs || test || checking))
@@ -460,8 +585,10 @@ int main(int argc, char **argv)
 		return MAIN_EXIT_CONFIG;
 	}
 	int rc;
-	if (certs) {
-		rc = main_certs(cfg, tlsa);
+	if (ask) {
+		rc = main_ask(cfg, ask, strcmp(ask, "reload") == 0 ? MAIN_RELOAD_WAIT_MS : MAIN_ASK_WAIT_MS);
+	} else if (certs) {
+		rc = main_certs(cfg, tlsa, warn_days);
 	} else if (test) {
 		rc = main_test(cfg);
 	} else if (checking) {
@@ -477,10 +604,15 @@ int main(int argc, char **argv)
 		struct generation *gen;
 		struct main_reports r = { 0 };
 		rc = MAIN_EXIT_CONFIG;
+		log_init();
+		/* Before the first generation: it gives its names their counters. */
+		metrics_init(cfg->workers ? cfg->workers : uv_available_parallelism());
 		if (main_load_generation(cfg, &gen, &r) == 0)
 			rc = main_run(path, gen, address_file);
 		generation_unref(gen);
+		metrics_fini();
 	}
 	config_unref(cfg);
+	publicsuffix_free();
 	return rc;
 }

@@ -14,6 +14,7 @@
 
 #include "growbuf.h"
 #include "log.h"
+#include "metrics.h"
 
 #define RELAY_CHUNK (16 * 1024)
 #define RELAY_LOW_WATER (32 * 1024)
@@ -68,6 +69,10 @@ struct relay {
 	unsigned inflight; /* written, unanswered */
 
 	/* the transaction as the backend has it */
+	unsigned ntx;      /* MAILs accepted: the transaction id's number, as smtp counts */
+	bool tx_logged;    /* its accepted recipients have had their event=rcpt line */
+	uint64_t cmd_ns;   /* when the oldest unanswered MAIL/RCPT was written */
+	uint64_t eod_ns;   /* when the final dot was written */
 	bool tx_open;      /* MAIL accepted */
 	bool parked;       /* open, but its connection went back: say it again first */
 	struct growbuf tx; /* the MAIL line, then each accepted RCPT line */
@@ -128,9 +133,95 @@ static void relay_drop_message(struct relay *r)
 	r->holding = r->data_due = r->eod_due = false;
 }
 
+/* ---- one log line per recipient ---- */
+
+/* The address of a MAIL/RCPT line ("RCPT TO:<a@b> NOTIFY=..."), quoted for
+ * a log value. */
+static const char *relay_line_addr(const char *line, size_t len, char *out, size_t size)
+{
+	const char *lt = memchr(line, '<', len);
+	const char *gt = lt ? memchr(lt, '>', len - (size_t)(lt - line)) : NULL;
+	if (!lt || !gt)
+		return log_quote(out, size, line, len);
+	return log_quote(out, size, lt, (size_t)(gt + 1 - lt));
+}
+
+/* The backend's id for a delivered message, when its reply names one:
+ * Dovecot's "250 2.0.0 <user> ID Saved", Postfix's "... queued as ID". */
+static bool relay_queue_id(const struct smtp_reply *rep, char *out, size_t size)
+{
+	const char *t = rep->text, *end = rep->text + rep->len, *p;
+	size_t n;
+	if ((p = memmem(t, rep->len, "queued as ", 10)) != NULL) {
+		p += 10;
+	} else if ((p = memchr(t, '<', rep->len)) != NULL && (p = memchr(p, '>', (size_t)(end - p)))) {
+		p++;
+		while (p < end && *p == ' ')
+			p++;
+	} else {
+		return false;
+	}
+	for (n = 0; p + n < end && n + 1 < size; n++) {
+		char c = p[n];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '+' || c == '/' || c == ':' || c == '=' || c == '_' || c == '-' || c == '.'))
+			break;
+	}
+	/* A word such as "Ok" is not an id. */
+	if (n < 6)
+		return false;
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return true;
+}
+
+/* One recipient's outcome: REP the backend's reply (NULL: none came, the
+ * transaction ended before). STAGE: rcpt, data or aborted. */
+static void relay_log_rcpt(const struct relay *r, const char *line, size_t len, unsigned ntx,
+                           const struct smtp_reply *rep, const char *stage)
+{
+	char addr[300], reply[300], text[SMTP_REPLY_TEXT_MAX + 8], qid[80], id[40] = "-";
+	const char *result = !rep ? "not_delivered" : rep->code / 100 == 2 ? "delivered"
+	                     : rep->code / 100 == 5 ? "refused" : "deferred";
+	if (ntx)
+		snprintf(id, sizeof id, "%s.%u", r->id, ntx);
+	if (rep && rep->code / 100 == 2 && strcmp(stage, "rcpt") == 0)
+		result = "accepted";
+	int n = rep ? snprintf(text, sizeof text, "%d %.*s", rep->code, (int)rep->len, rep->text) : 0;
+	bool has_qid = rep && rep->code / 100 == 2 && !rep->lost && relay_queue_id(rep, qid, sizeof qid);
+	log_info("sess=%s event=rcpt id=%s rcpt=%s result=%s stage=%s reply=%s%s%s", r->id, id,
+	         relay_line_addr(line, len, addr, sizeof addr), result, stage,
+	         log_quote(reply, sizeof reply, text, n > 0 ? (size_t)n : 0),
+	         has_qid ? " queue_id=" : "", has_qid ? log_quote(qid, sizeof qid, qid, strlen(qid)) : "");
+}
+
+/* The accepted recipients of the transaction (its RCPT lines in r->tx),
+ * each with REPLIES[i] (N of them; N == 0: REPLIES[0] for every one; NULL:
+ * none came); once per transaction. */
+static void relay_log_accepted(struct relay *r, const struct smtp_reply *replies, unsigned n,
+                               const char *stage)
+{
+	if (r->tx_logged || !r->tx.len)
+		return;
+	r->tx_logged = true;
+	const char *p = r->tx.data, *end = r->tx.data + r->tx.len;
+	const char *nl = memchr(p, '\n', (size_t)(end - p)); /* the MAIL line */
+	for (unsigned i = 0; nl && nl + 1 < end; i++) {
+		p = nl + 1;
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl)
+			break;
+		const struct smtp_reply *rep = !replies ? NULL : n == 0 ? replies : i < n ? &replies[i]
+		                                                                                : NULL;
+		relay_log_rcpt(r, p, (size_t)(nl + 1 - p), r->ntx, rep, rep ? stage : "aborted");
+	}
+}
+
 /* The transaction is over at this end (done, refused, reset or lost). */
 static void relay_forget_tx(struct relay *r)
 {
+	relay_log_accepted(r, NULL, 0, "aborted");
+	r->tx_logged = false;
 	r->tx_open = r->parked = false;
 	r->tx.len = 0;
 	r->nacc = 0;
@@ -219,8 +310,18 @@ static void relay_answer_all(struct relay *r, const char *text)
 	smtp_reply_set(&ok, 250, "2.0.0 Ok");
 	unsigned n = r->flen;
 	unsigned char kinds[RELAY_FIFO];
-	for (unsigned i = 0; i < n; i++)
+	for (unsigned i = 0; i < n; i++) {
 		kinds[i] = r->fifo[(r->fhead + i) % RELAY_FIFO];
+		const char *line;
+		size_t len;
+		if (kinds[i] != RELAY_K_MAIL && kinds[i] != RELAY_K_RCPT)
+			continue;
+		relay_pend_take(r, &line, &len);
+		if (kinds[i] == RELAY_K_RCPT) {
+			metrics_inc(METRICS_RCPT_REFUSED);
+			relay_log_rcpt(r, line, len, r->tx_open ? r->ntx : 0, &rep, "rcpt");
+		}
+	}
 	relay_forget_commands(r);
 	for (unsigned i = 0; i < n && !r->freeing; i++)
 		r->cbs->reply(r->ctx, kinds[i] == RELAY_K_RSET ? &ok : &rep);
@@ -301,6 +402,13 @@ static void relay_fail_with(struct relay *r, const char *reason, const char *tex
 	/* A transaction open with nothing awaited: the client hears of it at
 	 * its next step (smtp refuses what follows with a 4xx). */
 	bool silent_tx = (r->tx_open || r->parked) && r->flen == 0;
+	if (eod && r->nexpect) {
+		/* Replies that came before the loss stand. */
+		for (unsigned i = r->ngot; i < r->nexpect; i++)
+			relay_lost(&r->replies[i], dot_sent ? "4.4.2 Backend connection lost after the "
+			                                      "message, try again later" : text);
+		relay_log_accepted(r, r->replies, r->nexpect, "data");
+	}
 	relay_give_back(r, BACKEND_PUT_CLOSE);
 	relay_forget_tx(r);
 	relay_answer_all(r, text);
@@ -466,6 +574,7 @@ static void relay_ready_cb(struct backend_waiter *w, struct backend_conn *c,
 	}
 	r->phase = RELAY_NONE;
 	if (result == BACKEND_BUSY) {
+		metrics_inc(METRICS_LIMIT_BACKEND_QUEUE);
 		log_warn("sess=%s event=limit kind=backend_queue client=%s wait_ms=%u", r->id,
 		         r->client_ip, r->cfg->backend_queue_timeout_ms);
 		relay_fail_with(r, NULL, "4.3.2 Backend busy, try again later");
@@ -493,6 +602,8 @@ static void relay_flush_commands(struct relay *r)
 		return;
 	const char *p = r->pend.data + r->sent_off;
 	size_t n = r->pend.len - r->sent_off;
+	if (!r->inflight)
+		r->cmd_ns = uv_hrtime();
 	for (size_t i = 0; i < n; i++)
 		r->inflight += p[i] == '\n';
 	r->sent_off = r->pend.len;
@@ -513,13 +624,21 @@ static void relay_command_reply(struct relay *r, const struct smtp_reply *rep)
 	size_t len;
 	relay_pend_take(r, &line, &len);
 	r->inflight--;
+	metrics_latency(METRICS_STAGE_COMMAND, uv_hrtime() - r->cmd_ns);
 	if (rep->code / 100 == 2 && k == RELAY_K_MAIL) {
 		r->tx.len = 0;
 		r->nacc = 0;
+		r->tx_logged = false;
 		r->tx_open = growbuf_append(&r->tx, line, len) == 0;
-	} else if (rep->code / 100 == 2 && k == RELAY_K_RCPT && r->tx_open) {
-		if (growbuf_append(&r->tx, line, len) == 0)
-			r->nacc++;
+		r->ntx++;
+	} else if (rep->code / 100 == 2 && k == RELAY_K_RCPT && r->tx_open &&
+	           growbuf_append(&r->tx, line, len) == 0) {
+		r->nacc++;
+		metrics_inc(METRICS_RCPT_ACCEPTED);
+	} else if (k == RELAY_K_RCPT) {
+		/* Accepted ones get their line when the transaction ends. */
+		metrics_inc(METRICS_RCPT_REFUSED);
+		relay_log_rcpt(r, line, len, r->tx_open ? r->ntx : 0, rep, "rcpt");
 	}
 	relay_pend_compact(r);
 	if (r->inflight)
@@ -594,6 +713,7 @@ static void relay_data_refused(struct relay *r, const struct smtp_reply *rep)
 	relay_drop_message(r);
 	relay_give_back(r, BACKEND_PUT_RESET);
 	r->tx_open = false;
+	relay_log_accepted(r, rep, 0, "data");
 	if (eod) {
 		for (unsigned i = 0; i < r->nexpect; i++)
 			r->replies[i] = r->refusal;
@@ -628,6 +748,7 @@ static void relay_data_cmd_reply(struct relay *r, const struct smtp_reply *rep)
 			return;
 		if (eod) {
 			r->phase = RELAY_EOD;
+			r->eod_ns = uv_hrtime();
 			relay_write(r, ".\r\n", 3);
 			relay_arm_reply(r);
 		} else {
@@ -721,6 +842,8 @@ void relay_data_end(struct relay *r, unsigned nrcpt)
 			else
 				relay_lost(&r->replies[i], "4.4.2 Backend connection lost, try again later");
 		}
+		if (nrcpt)
+			relay_log_accepted(r, r->replies, nrcpt, "data");
 		relay_forget_tx(r);
 		r->cbs->data_done(r->ctx, r->replies, nrcpt);
 		return;
@@ -735,6 +858,7 @@ void relay_data_end(struct relay *r, unsigned nrcpt)
 		return;
 	}
 	r->phase = RELAY_EOD;
+	r->eod_ns = uv_hrtime();
 	relay_flush(r);
 	uv_timer_stop(&r->timer);
 	if (r->conn)
@@ -751,6 +875,8 @@ static void relay_eod_reply(struct relay *r, const struct smtp_reply *rep)
 		return;
 	}
 	/* The transaction is done at the backend: the connection is clean. */
+	metrics_latency(METRICS_STAGE_END_OF_DATA, uv_hrtime() - r->eod_ns);
+	relay_log_accepted(r, r->replies, r->nexpect, "data");
 	r->phase = RELAY_OPEN;
 	relay_forget_tx(r);
 	relay_give_back(r, BACKEND_PUT_CLEAN);
@@ -874,6 +1000,11 @@ static const struct backend_conn_cbs relay_conn_cbs = {
 
 /* ---- lifecycle ---- */
 
+const char *relay_helo(const struct relay *r)
+{
+	return r->helo;
+}
+
 void relay_hello(struct relay *r, const char *helo)
 {
 	snprintf(r->helo, sizeof r->helo, "%s", helo);
@@ -923,6 +1054,7 @@ void relay_free(struct relay *r)
 	if (!r)
 		return;
 	r->freeing = true;
+	relay_log_accepted(r, NULL, 0, "aborted");
 	relay_give_back(r, relay_put_how(r));
 	relay_drop_message(r);
 	uv_close((uv_handle_t *)&r->timer, relay_timer_close_cb);

@@ -64,6 +64,9 @@ void relay_free(struct relay *r);
  * nothing yet). Needs no backend connection. */
 void relay_hello(struct relay *r, const char *helo);
 
+/* The client's last HELO/EHLO name ("" before one), borrowed. */
+const char *relay_helo(const struct relay *r);
+
 /* One command line (with CRLF): MAIL, RCPT, DATA or RSET; answer:
  * cbs->reply. DATA and RSET are answered by the relay itself, in order. */
 void relay_command(struct relay *r, const char *line, size_t len);

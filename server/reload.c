@@ -16,6 +16,8 @@
 
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "preflight.h"
 #include "worker.h"
 
@@ -32,6 +34,14 @@ struct reload_binding {
 	int *fds;
 	struct reload_bound *bound;
 	size_t n;
+};
+
+/* Someone waiting for the verdict of reload number ROUND. */
+struct reload_waiter {
+	struct reload_waiter *next;
+	unsigned round;
+	reload_done_fn done;
+	void *arg;
 };
 
 struct reload {
@@ -54,6 +64,8 @@ struct reload {
 	struct generation *live; /* a reference: what the workers were given last */
 	unsigned generation;
 
+	unsigned round;     /* reloads started */
+	struct reload_waiter *waiters;
 	bool loading;       /* a pool thread is building the next generation */
 	bool again;         /* SIGHUP arrived meanwhile: reload once more */
 	bool stopping;
@@ -168,6 +180,43 @@ static void reload_hand_over(struct reload *r, struct reload_binding *b)
 	memset(b, 0, sizeof *b);
 }
 
+/* ---- what others read: metrics, health, systemd ---- */
+
+/* The live generation's facts, for metrics and health (main thread). */
+static void reload_publish(struct reload *r)
+{
+	const struct config *cfg = r->live->cfg;
+	metrics_set_certs(r->live->cs, cfg->tls_certs_dir != NULL, tls_context_usable(r->live->tc));
+	metrics_set_listeners((unsigned)r->nbound);
+	metrics_set_senders_top(cfg->metrics_senders);
+}
+
+/* Tells the waiters of the reload that just ended (round r->round) its
+ * verdict; the others wait for the next. */
+static void reload_answer(struct reload *r, bool ok, const char *text)
+{
+	struct reload_waiter **pw = &r->waiters;
+	while (*pw) {
+		struct reload_waiter *w = *pw;
+		if (w->round <= r->round || r->stopping) {
+			*pw = w->next;
+			w->done(w->arg, ok, text);
+			free(w);
+		} else {
+			pw = &w->next;
+		}
+	}
+}
+
+size_t reload_addresses(const struct reload *r, char *out, size_t size)
+{
+	size_t o = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < r->nbound && o < size; i++)
+		o += (size_t)snprintf(out + o, size - o, "%s%s", i ? "," : "", r->bound[i].text);
+	return o < size ? o : size - 1;
+}
+
 /* ---- the reload itself ---- */
 
 /* certstore reports, from the pool thread: one log line each. */
@@ -250,6 +299,7 @@ static void reload_install(struct reload *r, struct generation *gen, struct relo
 	         r->load_ms);
 	generation_unref(prev);
 	reload_write_addresses(r);
+	reload_publish(r);
 }
 
 /* Loop thread: install what the pool thread built, or keep everything. */
@@ -280,6 +330,20 @@ static void reload_after_cb(uv_work_t *req, int status)
 		log_error("event=reload result=failed generation=%u reason=\"%s\" "
 		          "action=\"kept the running configuration and certificates\"",
 		          r->generation, err);
+	char verdict[700];
+	if (err[0])
+		snprintf(verdict, sizeof verdict, "reload failed: %s; kept the running configuration "
+		         "and certificates (generation %u)", err, r->generation);
+	else
+		snprintf(verdict, sizeof verdict, "reloaded: generation %u, %zu certificates, %zu names, "
+		         "%d problems, %d warnings", r->generation,
+		         r->live->cs ? certstore_ncerts(r->live->cs) : 0,
+		         r->live->cs ? certstore_nnames(r->live->cs) : 0, r->problems, r->warnings);
+	if (!r->stopping) {
+		metrics_reload(!err[0], (int64_t)time(NULL));
+		notify_ready(verdict);
+	}
+	reload_answer(r, !err[0], verdict);
 	/* The generation, when there is one, holds its own references. */
 	config_unref(cfg);
 	certstore_unref(cs);
@@ -298,11 +362,54 @@ static void reload_start_work(struct reload *r)
 		return;
 	}
 	r->loading = true;
+	r->round++;
 	r->work.data = r;
+	notify_reloading();
 	int rc = uv_queue_work(r->loop, &r->work, reload_work_cb, reload_after_cb);
 	if (rc < 0) {
+		char why[200];
 		r->loading = false;
 		log_error("event=reload result=failed reason=\"%s\"", uv_strerror(rc));
+		snprintf(why, sizeof why, "reload failed: %s", uv_strerror(rc));
+		metrics_reload(false, (int64_t)time(NULL));
+		notify_ready(why);
+		reload_answer(r, false, why);
+	}
+}
+
+int reload_request(struct reload *r, reload_done_fn done, void *arg)
+{
+	struct reload_waiter *w = calloc(1, sizeof *w);
+	if (!w)
+		return -1;
+	if (r->stopping) {
+		free(w);
+		done(arg, false, "reload refused: mxfront is stopping");
+		return 0;
+	}
+	log_info("event=reload_requested by=control generation=%u", r->generation);
+	/* Loading now: what it reads may predate the request; the next one
+	 * does not. */
+	w->round = r->round + 1;
+	w->done = done;
+	w->arg = arg;
+	w->next = r->waiters;
+	r->waiters = w;
+	reload_start_work(r);
+	return 0;
+}
+
+void reload_forget(struct reload *r, void *arg)
+{
+	struct reload_waiter **pw = &r->waiters;
+	while (*pw) {
+		struct reload_waiter *w = *pw;
+		if (w->arg == arg) {
+			*pw = w->next;
+			free(w);
+		} else {
+			pw = &w->next;
+		}
 	}
 }
 
@@ -358,8 +465,11 @@ static void reload_stop_cb(uv_signal_t *h, int signum)
 	if (r->stopping)
 		return;
 	r->stopping = true;
+	metrics_set_stopping();
+	notify_stopping();
 	log_info("event=stop signal=%s sessions=%u workers=%u", signum == SIGTERM ? "TERM" : "INT",
 	         listener_shared_sessions(r->shared), r->nworkers);
+	reload_answer(r, false, "reload refused: mxfront is stopping");
 	for (unsigned w = 0; w < r->nworkers; w++)
 		worker_stop(r->workers[w]);
 }
@@ -433,6 +543,8 @@ int reload_start(struct reload *r, char *err, size_t errsize)
 	r->bound = b.bound;
 	r->nbound = b.n;
 	reload_write_addresses(r);
+	reload_publish(r);
+	metrics_set_started((int64_t)time(NULL));
 	return 0;
 }
 
@@ -452,6 +564,11 @@ void reload_free(struct reload *r)
 		if (r->workers[w])
 			worker_join(r->workers[w]);
 	reload_binding_close(&r->first, r->nworkers);
+	while (r->waiters) {
+		struct reload_waiter *w = r->waiters;
+		r->waiters = w->next;
+		free(w);
+	}
 	free(r->workers);
 	free(r->bound);
 	listener_shared_free(r->shared);

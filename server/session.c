@@ -15,6 +15,7 @@
 
 #include "growbuf.h"
 #include "log.h"
+#include "metrics.h"
 #include "outq.h"
 #include "relay.h"
 #include "smtp.h"
@@ -219,6 +220,7 @@ static void session_op_close(void *ctx, const char *reason)
 	struct session *s = ctx;
 	if (s->phase >= SESSION_DRAINING)
 		return;
+	metrics_close_reason(reason);
 	s->close_reason = reason;
 	session_enter(s, SESSION_DRAINING);
 }
@@ -282,6 +284,7 @@ static void session_timer_cb(uv_timer_t *t)
 	struct session *s = t->data;
 	if (s->phase == SESSION_HANDSHAKE) {
 		log_info("sess=%s event=tls_error reason=\"handshake timeout\"", s->id);
+		metrics_close_reason("tls handshake timeout");
 		session_close(s, "tls handshake timeout");
 		return;
 	}
@@ -386,6 +389,7 @@ static int session_tls_handshake(struct session *s)
 	if (rc < 0) {
 		log_info("sess=%s event=tls_error client=%s sni=%s reason=\"%s\"", s->id, s->client_ip,
 		         tls_sni(s->tls), tls_error(s->tls));
+		metrics_tls(tls_version(s->tls), tls_match(s->tls), tls_sni(s->tls), NULL, "", false);
 		session_flush(s); /* the alert */
 		session_close(s, "tls handshake failed");
 		return -1;
@@ -397,6 +401,8 @@ static int session_tls_handshake(struct session *s)
 	log_info("sess=%s event=tls sni=%s cert=%s match=%s version=%s cipher=%s resumed=%s", s->id,
 	         tls_sni(s->tls), tls_cert(s->tls), tls_match(s->tls), tls_version(s->tls),
 	         tls_cipher(s->tls), tls_resumed(s->tls) ? "yes" : "no");
+	metrics_tls(tls_version(s->tls), tls_match(s->tls), tls_sni(s->tls), tls_entry(s->tls),
+	            relay_helo(s->relay), true);
 	smtp_tls_started(s->smtp, info);
 	session_client_line(s);
 	return 0;
@@ -723,6 +729,8 @@ void session_close(struct session *s, const char *reason)
 	if (s->phase == SESSION_CLOSING)
 		return;
 	session_enter(s, SESSION_CLOSING);
+	if (!s->tls && s->relay)
+		metrics_plaintext(relay_helo(s->relay));
 	outq_close(&s->outq);
 	uint64_t ms = session_now_ms(s->loop) - s->started_ms;
 	log_info("sess=%s event=disconnect client=%s reason=\"%s\" duration=%llu.%03llus commands=%u",

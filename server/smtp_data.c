@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "smtp.h"
 #include "smtp_data.h"
 #include "smtp_int.h"
@@ -62,6 +63,7 @@ static void smtp_data_log(struct smtp *s, const struct smtp_reply *r, unsigned d
 {
 	char from[300], reply[300], text[SMTP_REPLY_TEXT_MAX + 8];
 	int n = snprintf(text, sizeof text, "%d %s", r->code, r->text);
+	metrics_message(r->code, delivered, s->nrcpt, s->size);
 	log_info("sess=%s event=transaction id=%s.%u from=<%s> rcpts_ok=%u rcpts_refused=%u size=%llu "
 	         "delivered=%u reply=%s",
 	         s->id, s->id, s->ntx, log_quote(from, sizeof from, s->from, strlen(s->from)),

@@ -353,6 +353,11 @@ const char *tls_cert(const struct tls *t)
 	return t->cert;
 }
 
+const struct certstore_entry *tls_entry(const struct tls *t)
+{
+	return t->entry;
+}
+
 const char *tls_match(const struct tls *t)
 {
 	return t->match;

@@ -72,6 +72,7 @@ const char *tls_error(const struct tls *t);
 const char *tls_sni(const struct tls *t);     /* normalised, or "none" */
 const char *tls_cert(const struct tls *t);    /* certificate label */
 const char *tls_match(const struct tls *t);   /* exact|wildcard|listener-default|default */
+const struct certstore_entry *tls_entry(const struct tls *t); /* the name's entry, or NULL */
 const char *tls_version(const struct tls *t); /* "TLS1.3" */
 const char *tls_cipher(const struct tls *t);  /* "AES-128-GCM" */
 bool tls_resumed(const struct tls *t);

@@ -13,6 +13,7 @@
 
 #include "backend_pool.h"
 #include "log.h"
+#include "metrics.h"
 
 enum worker_kind { WORKER_UPDATE, WORKER_STOP };
 
@@ -135,6 +136,7 @@ static void worker_main(void *arg)
 	struct worker *w = arg;
 	struct worker_msg *m = w->first;
 	w->first = NULL;
+	metrics_worker_enter(w->index);
 	/* The listener takes the sockets; the array stays the message's. */
 	w->pool = backend_pool_new(&w->loop, m->cfg, w->nworkers);
 	if (w->pool)

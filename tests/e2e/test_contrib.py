@@ -207,15 +207,13 @@ def test_systemd_unit_has_the_promised_settings():
     def one(key):
         assert key in svc and len(svc[key]) == 1, f"{key}: {svc.get(key)}"
         return svc[key][0]
-    assert one("Type") == "simple"
+    assert one("Type") == "notify" and one("NotifyAccess") == "main"
     assert "ExecStartPre" not in svc
     assert one("ExecStart") == "/usr/sbin/mxfront -c /etc/mxfront/mxfront.conf"
-    # the reload is gated by -t on configuration errors (1) only, not on
-    # certificate problems (3), then it is a SIGHUP
-    check, hup = svc["ExecReload"]
-    assert hup == "/bin/kill -HUP $MAINPID", svc["ExecReload"]
-    assert check == ("/bin/sh -c '/usr/sbin/mxfront -t -c /etc/mxfront/mxfront.conf; "
-                     "[ $$? -ne 1 ]'"), check
+    # the reload waits for the daemon's verdict (over the control socket in
+    # the runtime directory)
+    assert one("ExecReload") == "/usr/sbin/mxfront reload -c /etc/mxfront/mxfront.conf"
+    assert one("RuntimeDirectory") == "mxfront"
     assert one("KillSignal") == "SIGTERM"
     assert one("User") == "mxfront" and one("Group") == "mxfront"
     assert one("AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
@@ -236,28 +234,30 @@ def test_systemd_unit_has_the_promised_settings():
     assert "multi-user.target" in u["Install"]["WantedBy"]
 
 
-@pytest.mark.parametrize("case,ok", [("config-typo", False), ("broken-certificate", True),
+@pytest.mark.parametrize("case,ok", [("no-certificate-left", False), ("broken-certificate", True),
                                      ("clean", True)])
-def test_systemd_reload_check_gates_on_configuration_errors_only(tmp_path, case, ok):
-    """The unit's first ExecReload, run as systemd would (after its $$
-    unescaping), on a configuration with a typo / a broken certificate."""
-    check = unit_settings(UNIT)["Service"]["ExecReload"][0]
+def test_systemd_reload_fails_when_the_reload_fails(tmp_path, mxfront, fake_backend, monkeypatch,
+                                                    case, ok):
+    """The unit's ExecReload, run as systemd would (with $RUNTIME_DIRECTORY
+    for the daemon and the command alike), after certs.d/ lost its last
+    usable certificate / gained a broken one / nothing changed."""
+    reload = unit_settings(UNIT)["Service"]["ExecReload"][0]
     certs = tmp_path / "certs.d"
     install_cert(certs, "default", make_cert(tmp_path / "scratch", [DEFAULT_NAME], 0x401))
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(runtime))
+    m = mxfront(fake_backend(), tls={"certs_dir": str(certs)})
     if case == "broken-certificate":
         install_cert(certs, "broken", make_cert(tmp_path / "scratch", ["mx.x.example"], 0x402),
                      fullchain=b"garbage\n")
-    sections = mxfront_config("127.0.0.1:24", {"tls": {"certs_dir": str(certs)}})
-    if case == "config-typo":
-        sections["backend"]["adress"] = "1"
-    conf = tmp_path / "mxfront.conf"
-    write_config(conf, sections)
-    argv = check.replace("/usr/sbin/mxfront", procs.MXFRONT_BIN) \
-                .replace("/etc/mxfront/mxfront.conf", str(conf)).replace("$$", "$")
-    assert argv.startswith("/bin/sh -c '") and argv.endswith("'"), check
-    p = subprocess.run(["/bin/sh", "-c", argv[len("/bin/sh -c '"):-1]], capture_output=True,
-                       text=True, timeout=30)
-    assert (p.returncode == 0) == ok, (p.returncode, p.stderr)
+    elif case == "no-certificate-left":
+        shutil.rmtree(certs / "default")
+    argv = reload.replace("/usr/sbin/mxfront", procs.MXFRONT_BIN) \
+                 .replace("/etc/mxfront/mxfront.conf", str(m.conf)).split()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert (p.returncode == 0) == ok, (p.returncode, p.stdout, p.stderr)
+    assert m.log().count("event=reload result=") == 1
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")

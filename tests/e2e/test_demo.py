@@ -49,7 +49,8 @@ def demo(request):
     d = Path(tempfile.mkdtemp(prefix="mxfdemo-", dir="/tmp"))
     out = d.parent / (d.name + ".out")
     env = dict(os.environ, MXFRONT_DEMO_DIR=str(d), MXFRONT_DEMO_PORT=str(free_port()),
-               MXFRONT_DEMO_LMTP_PORT=str(free_port()), MXFRONT_BIN=procs.MXFRONT_BIN)
+               MXFRONT_DEMO_LMTP_PORT=str(free_port()), MXFRONT_DEMO_METRICS_PORT=str(free_port()),
+               MXFRONT_BIN=procs.MXFRONT_BIN)
     with open(out, "wb") as f:
         proc = subprocess.Popen([str(DEMO)], stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -152,6 +153,34 @@ def test_demo_serves_a_certificate_per_name_and_delivers_over_tls(demo):
     snis = sorted(re.findall(r"with ESMTPS \(TLS1\.3 \S+ sni=(\S+)\)", p.stdout))
     assert snis == sorted(["mx.customer-a.example", "mx.customer-b.example",
                            "mx1.hoster.example", "none"]), p.stdout
+
+    # The printed monitoring commands, as printed, count what just happened:
+    # each of the 5 openssl commands ran twice (as printed, and with
+    # -showcerts), each of the 4 swaks commands once; 4 messages.
+    curls = printed_commands(text, "curl")
+    assert len(curls) == 2, curls
+    p = run(curls[0])
+    assert p.returncode == 0, p.stderr
+    metrics = dict(ln.rsplit(" ", 1) for ln in p.stdout.splitlines())
+    assert metrics['mxfront_messages_total{result="delivered"}'] == "4", p.stdout
+    assert metrics['mxfront_sni_hits_total{name="mx.customer-a.example"}'] == "5", p.stdout
+    assert metrics['mxfront_sni_hits_total{name="*.customer-b.example"}'] == "3", p.stdout
+    assert metrics['mxfront_sni_hits_total{name="mx1.hoster.example"}'] == "3", p.stdout
+    handshakes = {k: int(v) for k, v in metrics.items() if k.startswith("mxfront_tls_hand")}
+    assert sum(handshakes.values()) == 14, p.stdout
+    assert handshakes['mxfront_tls_handshakes_total{result="ok",version="TLS1.3",sni="none",'
+                      'match="default"}'] == 3, p.stdout
+    p = run(curls[1])
+    assert (p.returncode, p.stdout) == (0, "ok\n"), p.stdout + p.stderr
+    stats = [c for c in printed_commands(text, procs.MXFRONT_BIN) if " stats senders " in c]
+    assert len(stats) == 1, text
+    p = run(stats[0])
+    assert p.returncode == 0, p.stderr
+    # openssl says EHLO mail.example.com (5 commands, twice each: 8 with SNI,
+    # 2 without); swaks says the machine's own name.
+    rows = [ln.split() for ln in p.stdout.splitlines()[1:]]
+    assert ["example.com", "10", "8", "0", "2", "0", "0", "10", "20.0"] in rows, p.stdout
+    assert sum(int(r[1]) for r in rows) == 14, p.stdout
 
     # mxfront's log, shown by the demo, says how each was chosen.
     log = demo.text()
