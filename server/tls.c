@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,17 +16,16 @@
 
 #define TLS_RX_MAX (32 * 1024)
 
-/* The largest ClientHello taken (the handshake message's body), and so the
- * largest handshake message: one full record. Real ClientHellos are 0.2 to
- * 2 KiB (a post-quantum key share adds about 1.2 KiB); GnuTLS's own limit
- * is 128 KiB, which a connection could make it buffer before any check.
- * A larger one gets a fatal alert at once, when its header arrives. */
+/* The largest handshake message taken, its 4-byte header included: one full
+ * record, so a ClientHello of at most 16,380 bytes. Real ClientHellos are
+ * 0.2 to 2 KiB (a post-quantum key share adds about 1.2 KiB); GnuTLS's own
+ * limit is 128 KiB, which a connection could make it buffer before any
+ * other check. A larger one gets a fatal alert as soon as its header is in. */
 #define TLS_HELLO_MAX (16 * 1024)
 
 /* TLS 1.3 tickets sent after each handshake: GnuTLS's and OpenSSL's number,
  * so that a client can resume twice in parallel. */
 #define TLS_TICKETS 2
-
 
 struct tls_context {
 	atomic_int refs;
@@ -282,9 +280,10 @@ struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listen
 	strcpy(t->sni, "none");
 	/* GnuTLS 3.7 sends the TLS 1.3 tickets of a full handshake with its
 	 * Finished, before the client's Finished ("early start",
-	 * lib/handshake-tls13.c STATE109), the timing Microsoft's senders drop
-	 * the connection over (golang/go#70232); tls_handshake sends them once
-	 * the client's Finished is in, as OpenSSL does. */
+	 * lib/handshake-tls13.c STATE109), as Go does: the timing that
+	 * golang/go#70232 found Microsoft's senders drop STARTTLS over.
+	 * tls_handshake sends them once the client's Finished is in, as
+	 * OpenSSL does. */
 	unsigned flags = GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL | GNUTLS_NO_AUTO_SEND_TICKET;
 	if (!tickets)
 		flags |= GNUTLS_NO_TICKETS;

@@ -63,7 +63,9 @@ void tls_rx_trim(struct tls *t);
  * was queued; tls_error() says why). */
 int tls_handshake(struct tls *t);
 
-/* Decrypts into BUF: >0 bytes, 0 needs more input, -1 closed or failed. */
+/* Decrypts into BUF: >0 bytes, 0 needs more input, -1 closed or failed
+ * (tls_error() says why; an alert of ours may be queued: a TLS 1.2
+ * renegotiation gets no_renegotiation). */
 ssize_t tls_recv(struct tls *t, char *buf, size_t len);
 
 /* True when tls_recv may return data without more input. */
