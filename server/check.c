@@ -114,7 +114,7 @@ static void check_handshake(struct tls_context *tc,
 	struct tls *t = NULL;
 	int rc = GNUTLS_E_MEMORY_ERROR;
 	memset(out, 0, sizeof *out);
-	if (w && (t = tls_new(tc, listener_default, &io, w, "check")) &&
+	if (w && (t = tls_new(tc, listener_default, false, &io, w, "check")) &&
 	    (rc = gnutls_certificate_allocate_credentials(&cred)) == 0 &&
 	    (rc = gnutls_init(&c, GNUTLS_CLIENT | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL)) == 0 &&
 	    (rc = gnutls_priority_set_direct(c, priority, NULL)) == 0 &&

@@ -16,6 +16,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "proxy.h"
+
 /* Debian's inih cuts longer lines silently; we refuse them instead. */
 #define CONFIG_MAX_LINE 199
 
@@ -32,6 +34,7 @@ enum config_type {
 	CONFIG_PROTOCOL,
 	CONFIG_BARE_NEWLINE,
 	CONFIG_ADDR_OPTIONAL,
+	CONFIG_CIDR,
 };
 
 struct config_key {
@@ -64,6 +67,7 @@ static const struct config_key config_keys[] = {
 	{ "server", "user", CONFIG_STRING, OFF(user), 0, 0, "" },
 	{ "server", "group", CONFIG_STRING, OFF(group), 0, 0, "" },
 	{ "server", "control_socket", CONFIG_PATH, OFF(control_socket), 0, 0, "" },
+	{ "server", "proxy_trusted", CONFIG_CIDR, OFF(proxy_trusted), 0, 0, "" },
 	{ "backend", "address", CONFIG_BACKEND, OFF(backend), 0, 0, "127.0.0.1:24" },
 	{ "backend", "protocol", CONFIG_PROTOCOL, OFF(backend_protocol), 0, 0, "lmtp" },
 	{ "backend", "connect_timeout", CONFIG_DURATION, OFF(backend_connect_timeout_ms), 1000,
@@ -82,12 +86,16 @@ static const struct config_key config_keys[] = {
 	{ "tls", "priority", CONFIG_PRIORITY, OFF(tls_priority), 0, 0,
 	  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE" },
 	{ "tls", "require", CONFIG_BOOL, OFF(tls_require), 0, 0, "no" },
+	{ "tls", "session_tickets", CONFIG_BOOL, OFF(tls_session_tickets), 0, 0, "yes" },
+	{ "tls", "no_tickets_for", CONFIG_CIDR, OFF(tls_no_tickets_for), 0, 0, "" },
+	{ "tls", "ticket_key_file", CONFIG_PATH, OFF(tls_ticket_key_file), 0, 0, "" },
 	{ "timeouts", "command", CONFIG_DURATION, OFF(command_timeout_ms), 1000, 3600000, "5m" },
 	{ "timeouts", "data", CONFIG_DURATION, OFF(data_timeout_ms), 1000, 3600000, "3m" },
 	{ "timeouts", "handshake", CONFIG_DURATION, OFF(handshake_timeout_ms), 1000, 600000, "1m" },
 	{ "timeouts", "idle", CONFIG_DURATION, OFF(idle_timeout_ms), 1000, 3600000, "3m" },
 	{ "metrics", "listen", CONFIG_ADDR_OPTIONAL, OFF(metrics_listen), 0, 0, "" },
 	{ "metrics", "senders", CONFIG_UINT, OFF(metrics_senders), 1, 1000, "20" },
+	{ "timeouts", "proxy_header", CONFIG_DURATION, OFF(proxy_timeout_ms), 1000, 60000, "5s" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])
@@ -234,7 +242,57 @@ static char *config_trim(char *s)
 	return s;
 }
 
-/* One listen item: "ADDR" or "ADDR default_cert=NAME". */
+static int config_set_bool(const char *value, bool *out)
+{
+	static const char *const yes[] = { "yes", "true", "on", "1" };
+	static const char *const no[] = { "no", "false", "off", "0" };
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(value, yes[i]) == 0)
+			return *out = true, 0;
+		if (strcasecmp(value, no[i]) == 0)
+			return *out = false, 0;
+	}
+	return -1;
+}
+
+/* One option of a listen item into A: default_cert=NAME, proxy=v1|v2|any,
+ * session_tickets=yes|no, each at most once. */
+static int config_parse_listen_option(const char *opt, struct config_addr *a, char *why,
+                                      size_t whysize)
+{
+	const char *eq = strchr(opt, '=');
+	size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
+	const char *v = eq ? eq + 1 : "";
+	bool given = false, bad = *v == '\0';
+	if (klen == 12 && strncmp(opt, "default_cert", klen) == 0) {
+		given = a->default_cert != NULL;
+		if (!bad && !given && !(a->default_cert = strdup(v))) {
+			snprintf(why, whysize, "out of memory");
+			return -1;
+		}
+	} else if (klen == 5 && strncmp(opt, "proxy", klen) == 0) {
+		given = a->proxy != PROXY_OFF;
+		a->proxy = strcmp(v, "v1") == 0 ? PROXY_V1 : strcmp(v, "v2") == 0 ? PROXY_V2
+		         : strcmp(v, "any") == 0 ? PROXY_ANY : PROXY_OFF;
+		bad = a->proxy == PROXY_OFF;
+	} else if (klen == 15 && strncmp(opt, "session_tickets", klen) == 0) {
+		bool on = false;
+		given = a->tickets >= 0;
+		bad = config_set_bool(v, &on) < 0;
+		a->tickets = on;
+	} else {
+		snprintf(why, whysize, "'%s': unknown listener option (default_cert=NAME, "
+		         "proxy=v1|v2|any, session_tickets=yes|no)", opt);
+		return -1;
+	}
+	if (given)
+		snprintf(why, whysize, "'%s': option given twice", opt);
+	else if (bad)
+		snprintf(why, whysize, "'%s': bad value", opt);
+	return given || bad ? -1 : 0;
+}
+
+/* One listen item: "ADDR" and options (config_parse_listen_option). */
 static int config_parse_listen_item(char *item, const char *dir, struct config_addr *a, char *why,
                                     size_t whysize)
 {
@@ -242,13 +300,12 @@ static int config_parse_listen_item(char *item, const char *dir, struct config_a
 	char *addr = strtok_r(item, " \t", &save);
 	if (config_parse_addr(addr, dir, false, a, why, whysize) < 0)
 		return -1;
+	a->tickets = -1;
 	for (char *opt = strtok_r(NULL, " \t", &save); opt; opt = strtok_r(NULL, " \t", &save)) {
-		if (strncmp(opt, "default_cert=", 13) != 0 || opt[13] == '\0' || a->default_cert) {
-			snprintf(why, whysize, "'%s': unknown listener option (only default_cert=NAME)", opt);
+		if (config_parse_listen_option(opt, a, why, whysize) < 0) {
 			config_addr_fini(a);
 			return -1;
 		}
-		a->default_cert = strdup(opt + 13);
 	}
 	return 0;
 }
@@ -294,19 +351,6 @@ static int config_set_listen(struct config *cfg, const char *value, char *why, s
 	cfg->listen = list;
 	cfg->n_listen = n;
 	return 0;
-}
-
-static int config_set_bool(const char *value, bool *out)
-{
-	static const char *const yes[] = { "yes", "true", "on", "1" };
-	static const char *const no[] = { "no", "false", "off", "0" };
-	for (size_t i = 0; i < 4; i++) {
-		if (strcasecmp(value, yes[i]) == 0)
-			return *out = true, 0;
-		if (strcasecmp(value, no[i]) == 0)
-			return *out = false, 0;
-	}
-	return -1;
 }
 
 static int config_check_range(const struct config_key *k, uint64_t v, const char *unit, char *why,
@@ -421,6 +465,14 @@ static int config_set(struct config *cfg, const struct config_key *k, const char
 		*(struct config_addr *)field = addr;
 		return 0;
 	}
+	case CONFIG_CIDR: {
+		struct cidr_list l = { 0 };
+		if (cidr_parse_list(value, &l, why, whysize) < 0)
+			return -1;
+		cidr_list_fini((struct cidr_list *)field);
+		*(struct cidr_list *)field = l;
+		return 0;
+	}
 	case CONFIG_BACKEND: {
 		struct config_addr addr;
 		if (config_parse_addr(value, cfg->dir, true, &addr, why, whysize) < 0)
@@ -487,6 +539,7 @@ static void config_free(struct config *cfg)
 	free(cfg->hostname);
 	free(cfg->user);
 	free(cfg->group);
+	cidr_list_fini(&cfg->proxy_trusted);
 	config_addr_fini(&cfg->backend);
 	free(cfg->backend_protocol);
 	free(cfg->tls_certs_dir);
@@ -494,6 +547,8 @@ static void config_free(struct config *cfg)
 	free(cfg->tls_priority);
 	free(cfg->control_socket);
 	config_addr_fini(&cfg->metrics_listen);
+	cidr_list_fini(&cfg->tls_no_tickets_for);
+	free(cfg->tls_ticket_key_file);
 	free(cfg->lines);
 	free(cfg);
 }
@@ -550,13 +605,25 @@ static int config_defaults(struct config *cfg, char *err, size_t errsize)
 	return 0;
 }
 
-static int config_validate(struct config *cfg, char *reason, size_t size)
+/* Checks that span keys; on failure *LINE is the line to name, or 0. */
+static int config_validate(struct config *cfg, char *reason, size_t size, int *line)
 {
 	const char *h = cfg->hostname;
+	*line = 0;
 	if (*h == '\0' || strlen(h) > 253 || strspn(h, "abcdefghijklmnopqrstuvwxyz"
 	                                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != strlen(h)) {
 		snprintf(reason, size, "hostname: '%s' is not a host name", h);
 		return -1;
+	}
+	for (size_t i = 0; i < cfg->n_listen; i++) {
+		if (cfg->listen[i].proxy != PROXY_OFF && cfg->proxy_trusted.n == 0) {
+			/* Nobody could connect: every header would come from an
+			 * untrusted address. */
+			*line = config_key_line(cfg, "server", "listen");
+			snprintf(reason, size, "listen: %s takes a PROXY header: [server] proxy_trusted "
+			         "must name the load balancers that send it", cfg->listen[i].text);
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -629,8 +696,11 @@ int config_load(const char *path, struct config **out, char *err, size_t errsize
 			         path, ld.line);
 		rc = -1;
 	}
-	if (rc == 0 && config_validate(ld.cfg, ld.reason, sizeof ld.reason) < 0) {
-		snprintf(err, errsize, "%s: %s", path, ld.reason);
+	if (rc == 0 && config_validate(ld.cfg, ld.reason, sizeof ld.reason, &ld.line) < 0) {
+		if (ld.line > 0)
+			snprintf(err, errsize, "%s:%d: %s", path, ld.line, ld.reason);
+		else
+			snprintf(err, errsize, "%s: %s", path, ld.reason);
 		rc = -1;
 	}
 	fclose(f);

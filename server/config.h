@@ -10,12 +10,16 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
+
 struct config_addr {
 	struct sockaddr_storage sa; /* unused when unix_path is set */
 	socklen_t salen;
 	char *unix_path;            /* owned; set for "unix:/path" */
 	char *text;                 /* owned; as written, for logs */
 	char *default_cert;         /* owned; listen only: this listener's default certificate name */
+	unsigned proxy;             /* listen only: enum proxy_accept, PROXY_OFF (0) without proxy= */
+	int tickets;                /* listen only: session_tickets=yes (1), =no (0), unset (-1) */
 };
 
 struct config {
@@ -41,6 +45,7 @@ struct config {
 	char *user;  /* switch to this user after binding; "" = stay */
 	char *group; /* and this group; "" = the user's primary group */
 	char *control_socket; /* the control socket's path, or NULL: see control.h */
+	struct cidr_list proxy_trusted; /* who may send a PROXY header (proxy= listeners) */
 
 	/* [backend] */
 	struct config_addr backend;
@@ -62,6 +67,9 @@ struct config {
 	bool tls_sni_strict;
 	char *tls_priority;
 	bool tls_require;
+	bool tls_session_tickets;       /* the default; a listener may say otherwise */
+	struct cidr_list tls_no_tickets_for; /* clients never given a ticket */
+	char *tls_ticket_key_file;      /* absolute, or NULL: a random key per process */
 
 	/* [timeouts] */
 	unsigned command_timeout_ms;
@@ -72,6 +80,7 @@ struct config {
 	/* [metrics] */
 	struct config_addr metrics_listen; /* text NULL: no HTTP listener */
 	unsigned metrics_senders;          /* rows of the SNI scoreboard before "other" */
+	unsigned proxy_timeout_ms; /* a proxy= listener waits this long for the PROXY header */
 };
 
 /* Loads PATH into a new config with one reference (the caller's). On error

@@ -119,9 +119,9 @@ static void listener_session_gone(void *arg, struct session *s)
 	listener_maybe_done(l);
 }
 
-/* Applies max_clients and the per-address limits to a new connection.
- * Returns NULL to admit it, or the refusal text for its 421. */
-static const char *listener_admit(struct listener *l, struct session_link *k, uv_tcp_t *tcp)
+/* Applies max_clients to a new connection, at accept. Returns NULL to
+ * admit it, or the refusal text for its 421. */
+static const char *listener_admit_total(struct listener *l)
 {
 	const struct config *cfg = l->cfg;
 	if (atomic_load(&l->shared->nclients) > cfg->max_clients) {
@@ -129,14 +129,28 @@ static const char *listener_admit(struct listener *l, struct session_link *k, uv
 		log_warn("event=limit kind=max_clients limit=%u", cfg->max_clients);
 		return "Too many connections, try again later";
 	}
-	int len = sizeof k->peer;
-	if (uv_tcp_getpeername(tcp, (struct sockaddr *)&k->peer, &len) != 0)
-		return NULL;
+	return NULL;
+}
+
+/* session_owner.admit: the per-address limits for the session's client,
+ * asked once it is known (after the PROXY header on a proxy= listener, so
+ * that the real client is counted, not the load balancer). Returns NULL to
+ * admit it, or the refusal text for its 421. */
+static const char *listener_admit_cb(void *arg, struct session *s, const struct sockaddr *sa)
+{
+	struct listener *l = arg;
+	const struct config *cfg = l->cfg;
+	struct session_link *k = session_link(s);
+	socklen_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+	                                          : sizeof(struct sockaddr_in);
+	memset(&k->peer, 0, sizeof k->peer);
+	memcpy(&k->peer, sa, len);
 	uv_mutex_lock(&l->shared->lock);
 	enum iplimit_verdict v = iplimit_acquire(l->shared->iplimit, (struct sockaddr *)&k->peer,
 	                                         uv_now(l->loop), cfg->max_clients_per_ip,
 	                                         cfg->max_connection_rate);
 	uv_mutex_unlock(&l->shared->lock);
+	metrics_connection(k->metric, v == IPLIMIT_OK);
 	switch (v) {
 	case IPLIMIT_OK:
 		k->counted = true;
@@ -213,9 +227,8 @@ static void listener_pause(struct listener_sock *ls, int err)
 static void listener_start_session(struct listener_sock *ls, int fd)
 {
 	struct listener *l = ls->l;
-	struct session_owner owner = { listener_session_gone, l };
-	struct session *s = session_new(l->loop, l->gen, l->gen->listen_default[ls->index], l->pool,
-	                                &owner);
+	struct session_owner owner = { listener_session_gone, listener_admit_cb, l };
+	struct session *s = session_new(l->loop, l->gen, ls->index, l->pool, &owner);
 	if (!s) {
 		close(fd);
 		log_error("event=accept_error listen=%s reason=\"out of memory\"", ls->addr.text);
@@ -235,8 +248,12 @@ static void listener_start_session(struct listener_sock *ls, int fd)
 		session_close(s, "accept failed");
 		return;
 	}
-	const char *refuse = listener_admit(l, k, session_tcp(s));
-	metrics_connection(ls->metric, !refuse);
+	/* Counted as admitted or not once the per-address limits have spoken
+	 * (listener_admit_cb), unless max_clients refuses it now. */
+	const char *refuse = listener_admit_total(l);
+	k->metric = ls->metric;
+	if (refuse)
+		metrics_connection(ls->metric, false);
 	session_start(s, refuse);
 }
 

@@ -1,8 +1,10 @@
 /* session: owns one client connection (socket, timer, input buffer, output
  * queue) and its smtp and relay objects, and moves through its phases
- * (session_enter); session_close() is the only way out. Memory is bounded:
- * input to SESSION_IN_MAX, replies and backend data to their high-water
- * marks, beyond which reading stops (backpressure). Knows no SMTP reply. */
+ * (session_enter): the PROXY header first on a proxy= listener, SMTP, and a
+ * lingering close after the last reply; session_close() is the only way
+ * out. Memory is bounded: input to SESSION_IN_MAX, replies and backend data
+ * to their high-water marks, beyond which reading stops (backpressure).
+ * Knows no SMTP reply. */
 #include "session.h"
 
 #include <arpa/inet.h>
@@ -17,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "outq.h"
+#include "proxy.h"
 #include "relay.h"
 #include "smtp.h"
 
@@ -24,18 +27,30 @@
 #define SESSION_OUT_HIGH (64 * 1024)
 #define SESSION_OUT_LOW (32 * 1024)
 
+/* After the last reply (and the TLS close_notify) the session sends its FIN
+ * and reads and drops what the client still sends until the client's FIN,
+ * for this long at most (nginx's lingering close): closing a socket with
+ * unread bytes makes the kernel send a reset, which can overtake the last
+ * reply and destroy it in the client's receive queue. A client that reads
+ * its reply closes within a round trip or two; one that neither reads nor
+ * closes holds its slot (and a graceful stop) this much longer. */
+#define SESSION_LINGER_MS 2000
+#define SESSION_DISCARD_SIZE (16 * 1024)
+
 enum session_phase {
+	SESSION_PROXY,     /* a proxy= listener waits for the PROXY header */
 	SESSION_PREGREET,  /* greeting_delay running: any byte now is an early talker */
 	SESSION_PLAIN,     /* SMTP in plaintext */
 	SESSION_STARTTLS,  /* STARTTLS accepted: its 220 leaves, then TLS starts */
 	SESSION_HANDSHAKE, /* the TLS handshake */
 	SESSION_TLS,       /* SMTP over TLS */
-	SESSION_DRAINING,  /* the last reply is queued: close once it is written */
+	SESSION_DRAINING,  /* the last reply is queued: linger once it is written */
+	SESSION_LINGER,    /* FIN sent; the client's bytes are dropped until its FIN */
 	SESSION_CLOSING,   /* handles closing; freed after the last one */
 };
 
 static const char *const session_phase_names[] = {
-	"pregreet", "plain", "starttls", "handshake", "tls", "draining", "closing",
+	"proxy", "pregreet", "plain", "starttls", "handshake", "tls", "draining", "linger", "closing",
 };
 
 struct session {
@@ -50,6 +65,7 @@ struct session {
 	struct relay *relay;
 	struct backend_pool *pool;
 	struct tls_context *tc; /* gen's, or NULL */
+	const struct config_addr *listen; /* gen's: the listening address accepted on */
 	const struct certstore_entry *listener_default; /* gen's, or NULL */
 	struct tls *tls;        /* after STARTTLS */
 	struct growbuf cout;    /* ciphertext for the next flush */
@@ -57,6 +73,12 @@ struct session {
 	char id[16];
 	char client_ip[INET6_ADDRSTRLEN];
 	int client_port;
+	struct sockaddr_storage client_sa; /* the client: the TCP peer, or the PROXY header's */
+	char peer_ip[INET6_ADDRSTRLEN];    /* the TCP peer (the load balancer, when proxied) */
+	bool proxied;                      /* the client comes from a PROXY header */
+	const char *refuse; /* the listener's refusal, said once the client is known */
+	uv_shutdown_t shutdown_req; /* LINGER's FIN */
+	uint64_t discarded;         /* LINGER: bytes dropped */
 	uint64_t started_ms;
 	uint64_t last_line_ms; /* the client's last complete line */
 	uint64_t idle_since;   /* the end of the last transaction, or the start */
@@ -68,6 +90,7 @@ struct session {
 	bool reading;    /* the socket is read */
 	bool processing; /* inside session_process */
 	bool again;      /* session_process goes round once more */
+	bool bye_sent;   /* the TLS close_notify is queued */
 
 	struct growbuf out; /* replies for the next flush */
 	struct outq outq;   /* bytes the socket has not taken yet */
@@ -80,6 +103,10 @@ struct session {
 static void session_process(struct session *s);
 static void session_flush(struct session *s);
 static void session_arm_timer(struct session *s);
+static void session_linger(struct session *s);
+static void session_end_relay(struct session *s);
+static void session_read_start(struct session *s);
+static void session_timer_cb_linger(uv_timer_t *t);
 
 static uint64_t session_now_ms(uv_loop_t *loop)
 {
@@ -118,7 +145,7 @@ static void session_outq_empty_cb(void *owner)
 {
 	struct session *s = owner;
 	if (s->phase == SESSION_DRAINING && s->out.len == 0)
-		session_close(s, s->close_reason);
+		session_linger(s);
 }
 
 static const struct outq_cbs session_outq_cbs = {
@@ -137,7 +164,7 @@ static void session_write(struct session *s, struct growbuf *b)
 /* Writes queued replies (encrypted once TLS is up) and backend data. */
 static void session_flush(struct session *s)
 {
-	if (s->phase == SESSION_CLOSING)
+	if (s->phase >= SESSION_LINGER)
 		return;
 	if (s->relay)
 		relay_flush(s->relay);
@@ -156,7 +183,57 @@ static void session_flush(struct session *s)
 	if (s->cout.len && s->phase != SESSION_CLOSING)
 		session_write(s, &s->cout);
 	if (s->phase == SESSION_DRAINING && s->outq.pending == 0 && s->out.len == 0)
+		session_linger(s);
+}
+
+/* The FIN left (or the socket is closing first: UV_ECANCELED, which libuv
+ * reports before the close callbacks, so the session is still there). A
+ * failure needs nothing: the read that follows fails too. */
+static void session_shutdown_cb(uv_shutdown_t *req, int status)
+{
+}
+
+/* The session's SMTP part is over: a plaintext one counts in the sender
+ * scoreboard under its client's name (a TLS one was counted at its
+ * handshake). Then its relay goes: the backend is let go at once. */
+static void session_end_relay(struct session *s)
+{
+	if (!s->relay)
+		return;
+	if (!s->tls)
+		metrics_plaintext(relay_helo(s->relay));
+	relay_free(s->relay);
+	s->relay = NULL;
+}
+
+/* The end of a session that said its last word (and of one that says none,
+ * PROXY errors): the TLS close_notify, then the FIN once everything queued
+ * is written (uv_shutdown waits for it), then the client's bytes are read
+ * and dropped until its own FIN, or SESSION_LINGER_MS, and only then is the
+ * socket closed. So no reset: every reply is read, and a client that closes
+ * TLS first (its close_notify right after our 221) gets ours. The backend
+ * is let go at once. */
+static void session_linger(struct session *s)
+{
+	if (s->tls && !s->bye_sent) {
+		s->bye_sent = true;
+		tls_bye(s->tls);
+		if (s->cout.len)
+			session_write(s, &s->cout);
+		if (s->phase == SESSION_CLOSING) /* the write failed */
+			return;
+	}
+	session_enter(s, SESSION_LINGER);
+	session_end_relay(s);
+	free(s->in);
+	s->in = NULL;
+	s->inlen = 0;
+	if (uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, session_shutdown_cb) != 0) {
 		session_close(s, s->close_reason);
+		return;
+	}
+	uv_timer_start(&s->timer, session_timer_cb_linger, SESSION_LINGER_MS, 0);
+	session_read_start(s);
 }
 
 /* ---- smtp ops ---- */
@@ -225,6 +302,13 @@ static void session_op_close(void *ctx, const char *reason)
 	session_enter(s, SESSION_DRAINING);
 }
 
+/* Ends a session that has not greeted, without a word (PROXY errors). */
+static void session_quiet_close(struct session *s, const char *reason)
+{
+	session_op_close(s, reason);
+	session_flush(s);
+}
+
 static const struct smtp_ops session_smtp_ops = {
 	.reply = session_op_reply,
 	.backend_hello = session_op_backend_hello,
@@ -279,9 +363,24 @@ static const struct relay_cbs session_relay_cbs = {
 
 /* ---- input ---- */
 
+static void session_proxy_error(struct session *s, const char *reason);
+
+/* LINGER's bound: the client never sent its FIN. */
+static void session_timer_cb_linger(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	log_debug("sess=%s event=linger_timeout discarded=%llu", s->id,
+	          (unsigned long long)s->discarded);
+	session_close(s, s->close_reason);
+}
+
 static void session_timer_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
+	if (s->phase == SESSION_PROXY) {
+		session_proxy_error(s, "no PROXY header in time");
+		return;
+	}
 	if (s->phase == SESSION_HANDSHAKE) {
 		log_info("sess=%s event=tls_error reason=\"handshake timeout\"", s->id);
 		metrics_close_reason("tls handshake timeout");
@@ -364,7 +463,14 @@ static void session_trim(struct session *s)
 
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
+	/* LINGER drops what it reads: one buffer per thread serves every
+	 * lingering session (read_cb is done with it before the next read). */
+	static _Thread_local char discard[SESSION_DISCARD_SIZE];
 	struct session *s = h->data;
+	if (s->phase == SESSION_LINGER) {
+		*buf = uv_buf_init(discard, sizeof discard);
+		return;
+	}
 	if (s->tls) {
 		size_t len;
 		tls_rx_space(s->tls, &buf->base, &len);
@@ -390,17 +496,21 @@ static int session_tls_handshake(struct session *s)
 		log_info("sess=%s event=tls_error client=%s sni=%s reason=\"%s\"", s->id, s->client_ip,
 		         tls_sni(s->tls), tls_error(s->tls));
 		metrics_tls(tls_version(s->tls), tls_match(s->tls), tls_sni(s->tls), NULL, "", false);
-		session_flush(s); /* the alert */
-		session_close(s, "tls handshake failed");
+		/* The alert leaves, then the lingering close: a client still
+		 * sending its hello must read the alert, not a reset. Replies
+		 * queued behind STARTTLS's 220 are not owed any more. */
+		s->out.len = 0;
+		session_quiet_close(s, "tls handshake failed");
 		return -1;
 	}
 	session_enter(s, SESSION_TLS);
 	char info[160];
 	snprintf(info, sizeof info, "%s %s sni=%s", tls_version(s->tls), tls_cipher(s->tls),
 	         tls_sni(s->tls));
-	log_info("sess=%s event=tls sni=%s cert=%s match=%s version=%s cipher=%s resumed=%s", s->id,
-	         tls_sni(s->tls), tls_cert(s->tls), tls_match(s->tls), tls_version(s->tls),
-	         tls_cipher(s->tls), tls_resumed(s->tls) ? "yes" : "no");
+	log_info("sess=%s event=tls sni=%s cert=%s match=%s version=%s cipher=%s resumed=%s "
+	         "tickets=%s", s->id, tls_sni(s->tls), tls_cert(s->tls), tls_match(s->tls),
+	         tls_version(s->tls), tls_cipher(s->tls), tls_resumed(s->tls) ? "yes" : "no",
+	         tls_tickets(s->tls) ? "yes" : "no");
 	metrics_tls(tls_version(s->tls), tls_match(s->tls), tls_sni(s->tls), tls_entry(s->tls),
 	            relay_helo(s->relay), true);
 	smtp_tls_started(s->smtp, info);
@@ -423,7 +533,9 @@ static int session_tls_fill(struct session *s)
 		if (n == 0)
 			break;
 		if (n < 0) {
-			session_close(s, tls_error(s->tls));
+			/* The client's close_notify gets ours; an alert of ours
+			 * (no_renegotiation) leaves before the FIN. */
+			session_quiet_close(s, tls_error(s->tls));
 			return -1;
 		}
 		s->inlen += (size_t)n;
@@ -431,25 +543,48 @@ static int session_tls_fill(struct session *s)
 	return 0;
 }
 
+static void session_proxy_input(struct session *s);
+
+/* RFC 5321 3.1: the client waits for the greeting; this one sent BYTES
+ * before it. */
+static void session_early_talker(struct session *s, size_t bytes)
+{
+	session_enter(s, SESSION_PLAIN);
+	log_info("sess=%s event=early_talker client=%s bytes=%zu", s->id, s->client_ip, bytes);
+	smtp_early_talker(s->smtp);
+	session_flush(s);
+}
+
 static void session_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	struct session *s = stream->data;
 	if (nread == 0)
 		return;
+	if (s->phase == SESSION_LINGER) {
+		if (nread < 0) /* the client's FIN (or its reset): nothing left to lose */
+			session_close(s, s->close_reason);
+		else
+			s->discarded += (uint64_t)nread;
+		return;
+	}
 	if (nread == UV_ENOBUFS) {
 		session_close(s, "out of memory");
 		return;
 	}
 	if (nread < 0) {
+		if (s->phase == SESSION_PROXY)
+			log_info("sess=%s event=proxy_error client=%s reason=\"closed before its PROXY "
+			         "header\"", s->id, s->peer_ip);
 		session_close(s, nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
 		return;
 	}
+	if (s->phase == SESSION_PROXY) {
+		s->inlen += (size_t)nread;
+		session_proxy_input(s);
+		return;
+	}
 	if (s->phase == SESSION_PREGREET) {
-		/* RFC 5321 3.1: the client waits for the greeting. */
-		session_enter(s, SESSION_PLAIN);
-		log_info("sess=%s event=early_talker client=%s bytes=%zd", s->id, s->client_ip, nread);
-		smtp_early_talker(s->smtp);
-		session_flush(s);
+		session_early_talker(s, (size_t)nread);
 		return;
 	}
 	if (s->tls)
@@ -479,7 +614,9 @@ static void session_start_tls(struct session *s)
 	if (s->phase != SESSION_STARTTLS)
 		return;
 	session_enter(s, SESSION_HANDSHAKE);
-	s->tls = tls_new(s->tc, s->listener_default, &session_tls_io, s, s->id);
+	bool tickets = tls_tickets_wanted(s->cfg, s->listen, s->client_sa.ss_family
+	                                  ? (const struct sockaddr *)&s->client_sa : NULL);
+	s->tls = tls_new(s->tc, s->listener_default, tickets, &session_tls_io, s, s->id);
 	if (!s->tls) {
 		session_close(s, "tls setup failed");
 		return;
@@ -505,6 +642,8 @@ static bool session_can_read(const struct session *s)
  * running loop to go round again. */
 static void session_process(struct session *s)
 {
+	if (s->phase == SESSION_PROXY || s->phase >= SESSION_LINGER)
+		return;
 	if (s->processing) {
 		s->again = true;
 		return;
@@ -545,7 +684,7 @@ static void session_process(struct session *s)
 	if (s->stopping && session_talking(s) && smtp_idle(s->smtp))
 		smtp_goodbye(s->smtp, "4.3.2", "Service shutting down, try again later", "shutdown");
 	session_flush(s);
-	if (s->phase == SESSION_CLOSING)
+	if (s->phase >= SESSION_LINGER)
 		return;
 	session_trim(s);
 	bool want = session_can_read(s);
@@ -580,8 +719,7 @@ static void session_make_id(char *out, size_t size)
 	snprintf(out, size, "%012llx", (unsigned long long)((session_seed + n) & 0xffffffffffffull));
 }
 
-struct session *session_new(uv_loop_t *loop, struct generation *gen,
-                            const struct certstore_entry *listener_default,
+struct session *session_new(uv_loop_t *loop, struct generation *gen, size_t listen,
                             struct backend_pool *pool, const struct session_owner *owner)
 {
 	struct session *s = calloc(1, sizeof *s);
@@ -591,7 +729,8 @@ struct session *session_new(uv_loop_t *loop, struct generation *gen,
 	s->gen = generation_ref(gen);
 	s->cfg = gen->cfg;
 	s->tc = gen->tc;
-	s->listener_default = listener_default;
+	s->listen = &gen->cfg->listen[listen];
+	s->listener_default = gen->listen_default[listen];
 	s->pool = pool;
 	s->owner = *owner;
 	s->link.session = s;
@@ -617,25 +756,42 @@ struct session_link *session_link(struct session *s)
 	return &s->link;
 }
 
-static void session_peer(struct session *s)
+/* CLIENT_IP and CLIENT_PORT from SA (an IPv4-mapped IPv6 address as IPv4). */
+static void session_set_client(struct session *s, const struct sockaddr_storage *sa)
 {
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-	strcpy(s->client_ip, "unknown");
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
-		return;
-	if (ss.ss_family == AF_INET) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	s->client_sa = *sa;
+	if (sa->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
 		inet_ntop(AF_INET, &sin->sin_addr, s->client_ip, sizeof s->client_ip);
 		s->client_port = ntohs(sin->sin_port);
-	} else if (ss.ss_family == AF_INET6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+	} else if (sa->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
 		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
 			inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], s->client_ip, sizeof s->client_ip);
 		else
 			inet_ntop(AF_INET6, &sin6->sin6_addr, s->client_ip, sizeof s->client_ip);
 		s->client_port = ntohs(sin6->sin6_port);
 	}
+}
+
+/* The TCP peer: the client, until a PROXY header names another. */
+static void session_peer(struct session *s)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof ss;
+	strcpy(s->client_ip, "unknown");
+	strcpy(s->peer_ip, "unknown");
+	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
+		return;
+	session_set_client(s, &ss);
+	snprintf(s->peer_ip, sizeof s->peer_ip, "%s", s->client_ip);
+}
+
+static void session_read_start(struct session *s)
+{
+	if (!s->reading &&
+	    uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
+		s->reading = true;
 }
 
 static void session_greet_cb(uv_timer_t *t)
@@ -649,13 +805,19 @@ static void session_greet_cb(uv_timer_t *t)
 	session_process(s);
 }
 
-void session_start(struct session *s, const char *refuse)
+/* The client is known (the TCP peer, or the PROXY header's): the
+ * listener's limits for its address, then the greeting (or the refusal). */
+static void session_begin(struct session *s)
 {
-	s->started_ms = session_now_ms(s->loop);
-	s->idle_since = s->started_ms;
-	session_peer(s);
-	uv_tcp_nodelay(&s->tcp, 1);
-	log_info("sess=%s event=connect client=%s port=%d", s->id, s->client_ip, s->client_port);
+	const char *refuse = s->refuse;
+	if (!refuse && s->client_sa.ss_family && s->owner.admit)
+		refuse = s->owner.admit(s->owner.arg, s, (const struct sockaddr *)&s->client_sa);
+	if (s->proxied)
+		log_info("sess=%s event=connect client=%s port=%d proxy=%s", s->id, s->client_ip,
+		         s->client_port, s->peer_ip);
+	else
+		log_info("sess=%s event=connect client=%s port=%d", s->id, s->client_ip,
+		         s->client_port);
 	s->smtp = smtp_new(s->cfg, &session_smtp_ops, s, s->id, s->client_ip);
 	s->relay = relay_new(s->loop, s->pool, s->cfg, &session_relay_cbs, s, s->id, s->client_ip,
 	                     s->client_port);
@@ -671,28 +833,106 @@ void session_start(struct session *s, const char *refuse)
 	}
 	if (s->cfg->greeting_delay_ms) {
 		session_enter(s, SESSION_PREGREET);
+		if (s->inlen) {
+			/* Bytes that followed the PROXY header came before the greeting. */
+			size_t early = s->inlen;
+			s->inlen = 0;
+			session_early_talker(s, early);
+			return;
+		}
 		uv_timer_start(&s->timer, session_greet_cb, s->cfg->greeting_delay_ms, 0);
-		if (uv_read_start((uv_stream_t *)&s->tcp, session_alloc_cb, session_read_cb) == 0)
-			s->reading = true;
+		session_read_start(s);
 		return;
 	}
+	session_enter(s, SESSION_PLAIN);
 	smtp_greet(s->smtp);
 	session_client_line(s);
 	session_process(s);
 }
 
+/* PROXY errors: logged, and the connection closed without a greeting
+ * (lingering, so that a load balancer still sending gets no reset). */
+static void session_proxy_error(struct session *s, const char *reason)
+{
+	log_info("sess=%s event=proxy_error client=%s reason=\"%s\"", s->id, s->peer_ip, reason);
+	uv_timer_stop(&s->timer);
+	session_quiet_close(s, "proxy error");
+}
+
+/* Bytes arrived on a proxy= listener: once the header is whole, the client
+ * it names is the client for everything after it (limits, logs, the
+ * Received header, XCLIENT); what follows it is the client's first input. */
+static void session_proxy_input(struct session *s)
+{
+	struct proxy_result r;
+	switch (proxy_parse((const unsigned char *)s->in, s->inlen, s->listen->proxy, &r)) {
+	case PROXY_MORE:
+		return;
+	case PROXY_ERROR:
+		session_proxy_error(s, r.error);
+		return;
+	case PROXY_DONE:
+		break;
+	}
+	uv_timer_stop(&s->timer);
+	memmove(s->in, s->in + r.len, s->inlen - r.len);
+	s->inlen -= r.len;
+	if (r.local) {
+		/* v2 LOCAL (HAProxy's health checks with check-send-proxy), v1
+		 * UNKNOWN: the load balancer's own connection, served as such
+		 * (the spec says use the real endpoints; `option smtpchk` wants
+		 * a greeting). */
+		log_info("sess=%s event=proxy_local client=%s version=%d command=%s", s->id, s->peer_ip,
+		         r.version, r.health ? "local" : "unknown");
+	} else {
+		session_set_client(s, &r.src);
+		s->proxied = true;
+	}
+	session_begin(s);
+}
+
+void session_start(struct session *s, const char *refuse)
+{
+	s->started_ms = session_now_ms(s->loop);
+	s->idle_since = s->started_ms;
+	s->refuse = refuse;
+	session_peer(s);
+	uv_tcp_nodelay(&s->tcp, 1);
+	if (s->listen->proxy == PROXY_OFF) {
+		session_begin(s);
+		return;
+	}
+	session_enter(s, SESSION_PROXY);
+	if (!s->client_sa.ss_family ||
+	    !cidr_list_match(&s->cfg->proxy_trusted, (const struct sockaddr *)&s->client_sa)) {
+		session_proxy_error(s, "not in [server] proxy_trusted");
+		return;
+	}
+	if (session_in_alloc(s) < 0) {
+		session_close(s, "out of memory");
+		return;
+	}
+	uv_timer_start(&s->timer, session_timer_cb, s->cfg->proxy_timeout_ms, 0);
+	session_read_start(s);
+}
+
 void session_shutdown(struct session *s)
 {
-	if (s->phase == SESSION_CLOSING || !s->smtp)
+	if (s->phase == SESSION_CLOSING)
 		return;
-	s->stopping = true;
-	session_process(s);
+	s->stopping = true; /* one still reading its PROXY header says 421 after its greeting */
+	if (s->smtp)
+		session_process(s);
 }
 
 void session_shutdown_now(struct session *s)
 {
-	if (s->phase == SESSION_CLOSING || !s->smtp)
+	if (s->phase == SESSION_CLOSING)
 		return;
+	if (s->phase == SESSION_PROXY || s->phase == SESSION_LINGER || !s->smtp) {
+		session_close(s, s->close_reason ? s->close_reason : "shutdown");
+		return;
+	}
 	s->stopping = true;
 	if (s->phase == SESSION_HANDSHAKE) {
 		session_close(s, "shutdown during tls handshake");
@@ -729,8 +969,6 @@ void session_close(struct session *s, const char *reason)
 	if (s->phase == SESSION_CLOSING)
 		return;
 	session_enter(s, SESSION_CLOSING);
-	if (!s->tls && s->relay)
-		metrics_plaintext(relay_helo(s->relay));
 	outq_close(&s->outq);
 	uint64_t ms = session_now_ms(s->loop) - s->started_ms;
 	log_info("sess=%s event=disconnect client=%s reason=\"%s\" duration=%llu.%03llus commands=%u",
@@ -738,8 +976,7 @@ void session_close(struct session *s, const char *reason)
 	         (unsigned long long)(ms % 1000), s->smtp ? smtp_commands(s->smtp) : 0);
 	/* The backend connection goes first: a message in flight loses its
 	 * final dot, so nothing half-received is delivered. */
-	relay_free(s->relay);
-	s->relay = NULL;
+	session_end_relay(s);
 	uv_close((uv_handle_t *)&s->tcp, session_handle_closed_cb);
 	uv_close((uv_handle_t *)&s->timer, session_handle_closed_cb);
 }

@@ -6,15 +6,28 @@
 #include <errno.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "ticketkey.h"
 
 #define TLS_RX_MAX (32 * 1024)
+
+/* The largest handshake message taken, its 4-byte header included: one full
+ * record, so a ClientHello of at most 16,380 bytes. Real ClientHellos are
+ * 0.2 to 2 KiB (a post-quantum key share adds about 1.2 KiB); GnuTLS's own
+ * limit is 128 KiB, which a connection could make it buffer before any
+ * other check. A larger one gets a fatal alert as soon as its header is in. */
+#define TLS_HELLO_MAX (16 * 1024)
+/* Once the ClientHello is in: GnuTLS's own default. */
+#define TLS_HANDSHAKE_MAX (128 * 1024)
+
+/* TLS 1.3 tickets sent after each handshake: GnuTLS's and OpenSSL's number,
+ * so that a client can resume twice in parallel. */
+#define TLS_TICKETS 2
 
 struct tls_context {
 	atomic_int refs;
@@ -22,6 +35,8 @@ struct tls_context {
 	gnutls_priority_t priority;
 	const struct certstore_entry *fallback; /* [tls] default_cert, or the one for hostname */
 	bool sni_strict;
+	bool tickets_ok;          /* the ticket key below is set */
+	struct ticketkey ticket;  /* the file's (shared by a fleet) or the process's */
 };
 
 struct tls {
@@ -37,29 +52,49 @@ struct tls {
 	const struct certstore_entry *entry; /* chosen in the hook */
 	char sni[256];
 	bool done;
+	bool want_tickets;         /* this client may get tickets (tls_tickets_wanted) */
 	bool tickets;              /* ticket key set for this session */
 	unsigned char ticket[64];  /* this name's ticket key */
 	size_t rxoff, rxlen;
 	char *rx; /* TLS_RX_MAX bytes while ciphertext waits, else NULL (owned) */
 };
 
-/* One ticket master key per process, so that tickets survive a reload.
- * GnuTLS (>= 3.6.13) derives rotating keys from it by itself. */
-static gnutls_datum_t tls_ticket_key;
-static pthread_once_t tls_ticket_once = PTHREAD_ONCE_INIT;
+/* ---- context ---- */
 
-static void tls_ticket_init(void)
+/* The key tickets are encrypted under: [tls] ticket_key_file's, read again
+ * for every generation (so a reload picks up a new file), or the process's
+ * own, which outlives reloads. Without either, no tickets (full handshakes
+ * only). Returns -1 with ERR only for a key file that cannot be used. */
+static int tls_context_ticket_key(struct tls_context *tc, const struct config *cfg, char *err,
+                                  size_t errsize)
 {
-	if (gnutls_session_ticket_key_generate(&tls_ticket_key) < 0)
-		tls_ticket_key.data = NULL;
+	if (!cfg->tls_ticket_key_file) {
+		tc->tickets_ok = ticketkey_process(&tc->ticket) == 0;
+		return 0;
+	}
+	char why[400];
+	if (ticketkey_load(cfg->tls_ticket_key_file, &tc->ticket, why, sizeof why) < 0) {
+		snprintf(err, errsize, "ticket_key_file: %s", why);
+		return -1;
+	}
+	tc->tickets_ok = true;
+	log_info("event=ticket_key file=%s id=%s", cfg->tls_ticket_key_file, tc->ticket.id);
+	if (tc->ticket.others_can_read)
+		log_warn("event=ticket_key_warning file=%s reason=\"readable by everyone: whoever "
+		         "reads it can decrypt tickets (mode 0640 or 0600)\"", cfg->tls_ticket_key_file);
+	return 0;
 }
 
-/* ---- context ---- */
+bool tls_tickets_wanted(const struct config *cfg, const struct config_addr *listen,
+                        const struct sockaddr *client)
+{
+	bool on = listen && listen->tickets >= 0 ? listen->tickets != 0 : cfg->tls_session_tickets;
+	return on && !(client && cidr_list_match(&cfg->tls_no_tickets_for, client));
+}
 
 int tls_context_new(const struct config *cfg, struct certstore *cs, struct tls_context **out,
                     char *err, size_t errsize)
 {
-	pthread_once(&tls_ticket_once, tls_ticket_init);
 	struct tls_context *tc = calloc(1, sizeof *tc);
 	if (!tc) {
 		snprintf(err, errsize, "out of memory");
@@ -75,6 +110,10 @@ int tls_context_new(const struct config *cfg, struct certstore *cs, struct tls_c
 		return -1;
 	}
 	tc->cs = certstore_ref(cs);
+	if (tls_context_ticket_key(tc, cfg, err, errsize) < 0) {
+		tls_context_unref(tc);
+		return -1;
+	}
 	if (certstore_ncerts(cs) > 0) {
 		const char *name = config_default_cert(cfg);
 		enum certstore_match how;
@@ -103,6 +142,7 @@ void tls_context_unref(struct tls_context *tc)
 		return;
 	gnutls_priority_deinit(tc->priority);
 	certstore_unref(tc->cs);
+	gnutls_memset(&tc->ticket, 0, sizeof tc->ticket);
 	free(tc);
 }
 
@@ -175,9 +215,9 @@ void tls_received(struct tls *t, size_t n)
  * It rotates keys derived from ours by itself. */
 static void tls_enable_tickets(struct tls *t)
 {
-	if (t->tickets || !tls_ticket_key.data)
+	if (t->tickets || !t->want_tickets || !t->tc->tickets_ok)
 		return;
-	if (gnutls_hmac_fast(GNUTLS_MAC_SHA512, tls_ticket_key.data, tls_ticket_key.size, t->sni,
+	if (gnutls_hmac_fast(GNUTLS_MAC_SHA512, t->tc->ticket.key, sizeof t->tc->ticket.key, t->sni,
 	                     strlen(t->sni), t->ticket) < 0)
 		return;
 	gnutls_datum_t key = { t->ticket, sizeof t->ticket };
@@ -190,6 +230,10 @@ static void tls_enable_tickets(struct tls *t)
 static int tls_post_client_hello_cb(gnutls_session_t session)
 {
 	struct tls *t = gnutls_session_get_ptr(session);
+	/* TLS_HELLO_MAX bounds what a client makes GnuTLS buffer before this
+	 * point; GnuTLS applies the same limit to the messages it sends, and a
+	 * certificate serving many names makes ours longer than one record. */
+	gnutls_handshake_set_max_packet_length(session, TLS_HANDSHAKE_MAX);
 	char raw[256], norm[256];
 	size_t len = sizeof raw;
 	unsigned type;
@@ -226,21 +270,30 @@ static int tls_post_client_hello_cb(gnutls_session_t session)
 /* ---- session ---- */
 
 struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listener_default,
-                    const struct tls_io *io,
-                    void *ctx, const char *id)
+                    bool tickets, const struct tls_io *io, void *ctx, const char *id)
 {
 	struct tls *t = calloc(1, sizeof *t);
 	if (!t)
 		return NULL;
 	t->tc = tls_context_ref(tc);
 	t->listener_default = listener_default;
+	t->want_tickets = tickets;
 	t->io = io;
 	t->ctx = ctx;
 	t->id = id;
 	t->match = "none";
 	t->cert = "none";
 	strcpy(t->sni, "none");
-	int rc = gnutls_init(&t->session, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
+	/* GnuTLS 3.7 sends the TLS 1.3 tickets of a full handshake with its
+	 * Finished, before the client's Finished ("early start",
+	 * lib/handshake-tls13.c STATE109), as Go does: the timing that
+	 * golang/go#70232 found Microsoft's senders drop STARTTLS over.
+	 * tls_handshake sends them once the client's Finished is in, as
+	 * OpenSSL does. */
+	unsigned flags = GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL | GNUTLS_NO_AUTO_SEND_TICKET;
+	if (!tickets)
+		flags |= GNUTLS_NO_TICKETS;
+	int rc = gnutls_init(&t->session, flags);
 	if (rc == 0)
 		rc = gnutls_priority_set(t->session, tc->priority);
 	if (rc == 0 && tc->fallback)
@@ -257,6 +310,7 @@ struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listen
 	gnutls_handshake_set_post_client_hello_function(t->session, tls_post_client_hello_cb);
 	/* The session's own timer bounds the handshake. */
 	gnutls_handshake_set_timeout(t->session, 0);
+	gnutls_handshake_set_max_packet_length(t->session, TLS_HELLO_MAX);
 	return t;
 }
 
@@ -271,13 +325,37 @@ void tls_free(struct tls *t)
 	free(t);
 }
 
+/* TLS 1.3: the tickets leave now that the client's Finished is in. A
+ * failure costs the client its resumption, not its session. */
+static void tls_send_tickets(struct tls *t)
+{
+	if (!t->tickets || gnutls_protocol_get_version(t->session) != GNUTLS_TLS1_3)
+		return;
+	int rc = gnutls_session_ticket_send(t->session, TLS_TICKETS, 0);
+	if (rc < 0)
+		log_debug("sess=%s event=tls_ticket_error reason=\"%s\"", t->id, gnutls_strerror(rc));
+}
+
 int tls_handshake(struct tls *t)
 {
 	if (t->done)
 		return 1;
-	int rc = gnutls_handshake(t->session);
+	int rc;
+	for (;;) {
+		size_t before = t->rxoff;
+		rc = gnutls_handshake(t->session);
+		/* A handshake message that spans records (a ClientHello over one
+		 * record) is taken one record per call: go on while GnuTLS
+		 * consumes what is buffered, or the rest would wait for bytes
+		 * that already came. */
+		if ((rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) && t->rxoff != before &&
+		    t->rxoff < t->rxlen)
+			continue;
+		break;
+	}
 	if (rc == GNUTLS_E_SUCCESS) {
 		t->done = true;
+		tls_send_tickets(t);
 		return 1;
 	}
 	if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
@@ -301,7 +379,17 @@ ssize_t tls_recv(struct tls *t, char *buf, size_t len)
 		}
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 			return 0;
-		if (!gnutls_error_is_fatal((int)n) && n != GNUTLS_E_REHANDSHAKE)
+		if (n == GNUTLS_E_REHANDSHAKE) {
+			/* A TLS 1.2 client's ClientHello: renegotiation, which
+			 * mxfront never does. RFC 5246 7.2.2's no_renegotiation
+			 * warning tells it so; GnuTLS keeps the hello buffered as
+			 * an unexpected record, so the session ends there. */
+			log_info("sess=%s event=tls_renegotiation action=refused", t->id);
+			gnutls_alert_send(t->session, GNUTLS_AL_WARNING, GNUTLS_A_NO_RENEGOTIATION);
+			t->error = "renegotiation refused";
+			return -1;
+		}
+		if (!gnutls_error_is_fatal((int)n))
 			continue;
 		t->error = gnutls_strerror((int)n);
 		return -1;
@@ -376,6 +464,11 @@ const char *tls_cipher(const struct tls *t)
 {
 	const char *c = gnutls_cipher_get_name(gnutls_cipher_get(t->session));
 	return c ? c : "unknown";
+}
+
+bool tls_tickets(const struct tls *t)
+{
+	return t->tickets;
 }
 
 bool tls_resumed(const struct tls *t)

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "certstore.h"
@@ -33,10 +34,17 @@ struct tls_io {
 
 /* A server session over TC (a reference is taken). LISTENER_DEFAULT is the
  * listener's own default certificate (an entry of TC's store, resolved
- * when the generation was built) or NULL; ID is the session id for logs.
- * Everything borrowed must outlive the tls. */
+ * when the generation was built) or NULL; TICKETS says whether this client
+ * may get session tickets (tls_tickets_wanted); ID is the session id for
+ * logs. Everything borrowed must outlive the tls. */
 struct tls *tls_new(struct tls_context *tc, const struct certstore_entry *listener_default,
-                    const struct tls_io *io, void *ctx, const char *id);
+                    bool tickets, const struct tls_io *io, void *ctx, const char *id);
+
+/* Whether a client at CLIENT (NULL: unknown) of listener LISTEN (NULL: none)
+ * may get session tickets: the listener's session_tickets= if given, else
+ * [tls] session_tickets, and never for [tls] no_tickets_for. */
+bool tls_tickets_wanted(const struct config *cfg, const struct config_addr *listen,
+                        const struct sockaddr *client);
 
 /* Frees the GnuTLS session first, then releases the context (GnuTLS keeps
  * pointers to the credentials until gnutls_deinit). */
@@ -55,7 +63,9 @@ void tls_rx_trim(struct tls *t);
  * was queued; tls_error() says why). */
 int tls_handshake(struct tls *t);
 
-/* Decrypts into BUF: >0 bytes, 0 needs more input, -1 closed or failed. */
+/* Decrypts into BUF: >0 bytes, 0 needs more input, -1 closed or failed
+ * (tls_error() says why; an alert of ours may be queued: a TLS 1.2
+ * renegotiation gets no_renegotiation). */
 ssize_t tls_recv(struct tls *t, char *buf, size_t len);
 
 /* True when tls_recv may return data without more input. */
@@ -76,5 +86,6 @@ const struct certstore_entry *tls_entry(const struct tls *t); /* the name's entr
 const char *tls_version(const struct tls *t); /* "TLS1.3" */
 const char *tls_cipher(const struct tls *t);  /* "AES-128-GCM" */
 bool tls_resumed(const struct tls *t);
+bool tls_tickets(const struct tls *t); /* tickets were offered to this client */
 
 #endif

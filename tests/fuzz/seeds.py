@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MARK = b"@@@\n"  # fuzz_session: client bytes (ending in LF) | MARK | control bytes
 
 
-for target in ("fuzz_command", "fuzz_reply", "fuzz_session"):
+for target in ("fuzz_command", "fuzz_reply", "fuzz_session", "fuzz_proxy"):
     d = os.path.join(HERE, "corpus", target)
     for old in os.listdir(d) if os.path.isdir(d) else []:
         if old.startswith("seed-"):
@@ -167,3 +167,26 @@ write(S, "small-size", bytes([0x12]) + EHLO + TX + (b"z" * 98 + b"\r\n") * 12 + 
 write(S, "small-errors", bytes([0x12]) + b"FOO\r\nBAR\r\nBAZ\r\nQUX\r\n")
 write(S, "require-tls", bytes([0x14]) + EHLO + TX)
 write(S, "long-hostname", bytes([0x38]) + EHLO + b"HELO x\r\nHELP\r\n" + TX + b".\r\nFOO\r\n" * 25)
+
+# ---- fuzz_proxy: accept byte (1 v1, 2 v2, 3 or 0 both), then the connection's bytes ----
+P = "fuzz_proxy"
+V2SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+proxies = {
+    "v1-tcp4": b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\nEHLO x\r\n",
+    "v1-tcp6": b"PROXY TCP6 2001:db8::7 2001:db8::1 1234 25\r\n",
+    "v1-unknown": b"PROXY UNKNOWN\r\n",
+    "v1-unknown-junk": b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+    "v1-bad-port": b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 25\r\n",
+    "v1-long": b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n",
+    "v2-tcp4": V2SIG + b"\x21\x11\x00\x0c\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x00\x19EHLO",
+    "v2-tcp6": V2SIG + b"\x21\x21\x00\x24" + bytes(range(32)) + b"\x04\xd2\x00\x19",
+    "v2-tlv": V2SIG + b"\x21\x11\x00\x11\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x00\x19"
+              b"\x02\x00\x02xy",
+    "v2-local": V2SIG + b"\x20\x00\x00\x00",
+    "v2-unix": V2SIG + b"\x21\x31\x00\xd8" + b"/" * 216,
+    "v2-udp": V2SIG + b"\x21\x12\x00\x0c" + bytes(12),
+    "v2-too-long": V2SIG + b"\x21\x11\x04\x01",
+    "smtp": b"EHLO client.example\r\n",
+}
+for i, (name, data) in enumerate(sorted(proxies.items())):
+    write(P, name, bytes([i % 4]) + data)

@@ -14,6 +14,7 @@
 
 #include "check.h"
 #include "config.h"
+#include "proxy.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -318,6 +319,31 @@ static const struct load_err_case load_err_cases[] = {
 	{ "listen only commas", "[server]\nlisten = , ,\n", "FILE:2: listen: needs at least one address" },
 	{ "listen on a unix socket", "[server]\nlisten = unix:/run/x\n",
 	  "FILE:2: listen: 'unix:/run/x': port must be 0 to 65535" },
+	{ "listen unknown option", "[server]\nlisten = 127.0.0.1:25 proxy_protocol=v2\n",
+	  "FILE:2: listen: 'proxy_protocol=v2': unknown listener option (default_cert=NAME, "
+	  "proxy=v1|v2|any, session_tickets=yes|no)" },
+	{ "listen proxy=v3", "[server]\nlisten = 127.0.0.1:25 proxy=v3\n",
+	  "FILE:2: listen: 'proxy=v3': bad value" },
+	{ "listen proxy twice", "[server]\nlisten = 127.0.0.1:25 proxy=v1 proxy=v2\n",
+	  "FILE:2: listen: 'proxy=v2': option given twice" },
+	{ "listen session_tickets=maybe", "[server]\nlisten = 127.0.0.1:25 session_tickets=maybe\n",
+	  "FILE:2: listen: 'session_tickets=maybe': bad value" },
+	{ "listen default_cert empty", "[server]\nlisten = 127.0.0.1:25 default_cert=\n",
+	  "FILE:2: listen: 'default_cert=': bad value" },
+	{ "listen proxy without proxy_trusted", "[server]\nhostname = a.example\n"
+	  "listen = 127.0.0.1:25, 127.0.0.1:26 proxy=any\n",
+	  "FILE:3: listen: 127.0.0.1:26 takes a PROXY header: [server] proxy_trusted must name the "
+	  "load balancers that send it" },
+	{ "proxy_trusted with a host name", "[server]\nproxy_trusted = lb.example\n",
+	  "FILE:2: proxy_trusted: 'lb.example' is not an IPv4 or IPv6 address" },
+	{ "proxy_trusted with host bits", "[server]\nproxy_trusted = 10.1.2.3/16\n",
+	  "FILE:2: proxy_trusted: '10.1.2.3/16': address has bits set beyond /16" },
+	{ "no_tickets_for bad prefix", "[tls]\nno_tickets_for = 2001:db8::/200\n",
+	  "FILE:2: no_tickets_for: '2001:db8::/200': prefix length over 128" },
+	{ "session_tickets maybe", "[tls]\nsession_tickets = maybe\n",
+	  "FILE:2: session_tickets: 'maybe' is not yes or no" },
+	{ "proxy_header timeout 0", "[timeouts]\nproxy_header = 0\n",
+	  "FILE:2: proxy_header: must be between 1s and 60s" },
 	{ "backend empty unix path", "[backend]\naddress = unix:\n", "FILE:2: address: empty unix socket path" },
 	{ "backend without port", "[backend]\naddress = 127.0.0.1\n",
 	  "FILE:2: address: '127.0.0.1' is not host:port (use [addr]:port for IPv6)" },
@@ -573,6 +599,13 @@ static void test_load_defaults(void)
 	CHECK_STR_EQ(cfg->tls_certs_dir, want);
 	CHECK_STR_EQ(cfg->tls_default_cert, "");
 	CHECK_STR_EQ(cfg->tls_priority, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE");
+	CHECK(cfg->tls_session_tickets, "session tickets on by default");
+	CHECK_INT_EQ(cfg->tls_no_tickets_for.n, 0);
+	CHECK(cfg->tls_ticket_key_file == NULL, "");
+	CHECK_INT_EQ(cfg->proxy_trusted.n, 0);
+	CHECK_INT_EQ(cfg->proxy_timeout_ms, 5000);
+	CHECK_INT_EQ(cfg->listen[0].proxy, PROXY_OFF);
+	CHECK_INT_EQ(cfg->listen[0].tickets, -1);
 
 	check_case("config_ref / config_unref");
 	CHECK(config_ref(cfg) == cfg, "");
@@ -696,6 +729,38 @@ static void test_load_addresses(void)
 	cfg = load_text(&tc, "[tls]\ncerts_dir = /etc/mxfront/certs.d\n", err, sizeof err);
 	if (CHECK(cfg != NULL, "%s", err))
 		CHECK_STR_EQ(cfg->tls_certs_dir, "/etc/mxfront/certs.d");
+	config_unref(cfg);
+	tmpconf_remove(&tc);
+
+	check_case("listen options: proxy, session_tickets, default_cert in any order");
+	cfg = load_text(&tc, "[server]\nproxy_trusted = 10.0.0.0/8, ::1\nlisten = 127.0.0.1:25 "
+	                "proxy=v2 session_tickets=no, [::1]:25 default_cert=mx.a.example proxy=any, "
+	                "127.0.0.1:26 proxy=v1 session_tickets=yes, 127.0.0.1:27\n", err, sizeof err);
+	if (CHECK(cfg != NULL, "%s", err) && CHECK_INT_EQ(cfg->n_listen, 4)) {
+		CHECK_INT_EQ(cfg->listen[0].proxy, PROXY_V2);
+		CHECK_INT_EQ(cfg->listen[0].tickets, 0);
+		CHECK_INT_EQ(cfg->listen[1].proxy, PROXY_ANY);
+		CHECK_INT_EQ(cfg->listen[1].tickets, -1);
+		CHECK_STR_EQ(cfg->listen[1].default_cert, "mx.a.example");
+		CHECK_INT_EQ(cfg->listen[2].proxy, PROXY_V1);
+		CHECK_INT_EQ(cfg->listen[2].tickets, 1);
+		CHECK_INT_EQ(cfg->listen[3].proxy, PROXY_OFF);
+		CHECK_INT_EQ(cfg->listen[3].tickets, -1);
+		CHECK_INT_EQ(cfg->proxy_trusted.n, 2);
+	}
+	config_unref(cfg);
+	tmpconf_remove(&tc);
+
+	check_case("tickets: session_tickets, no_tickets_for, ticket_key_file");
+	cfg = load_text(&tc, "[tls]\nsession_tickets = no\nno_tickets_for = 192.0.2.0/24, "
+	                "2001:db8::/32\nticket_key_file = ticket.key\n", err, sizeof err);
+	if (CHECK(cfg != NULL, "%s", err)) {
+		char want[256];
+		snprintf(want, sizeof want, "%s/ticket.key", tc.dir);
+		CHECK(!cfg->tls_session_tickets, "");
+		CHECK_INT_EQ(cfg->tls_no_tickets_for.n, 2);
+		CHECK_STR_EQ(cfg->tls_ticket_key_file, want);
+	}
 	config_unref(cfg);
 	tmpconf_remove(&tc);
 
