@@ -457,6 +457,8 @@ static void session_trim(struct session *s)
 		free(s->in);
 		s->in = NULL;
 	}
+	if (s->out.len == 0) /* over TLS, replies are copied out by tls_send */
+		growbuf_free(&s->out);
 	if (s->tls)
 		tls_rx_trim(s->tls);
 }
@@ -628,12 +630,8 @@ static bool session_can_read(const struct session *s)
 {
 	if (s->phase >= SESSION_DRAINING || session_backlogged(s))
 		return false;
-	if (s->tls) {
-		char *b;
-		size_t len;
-		tls_rx_space(s->tls, &b, &len);
-		return len > 0;
-	}
+	if (s->tls)
+		return tls_rx_room(s->tls); /* tls_rx_space would allocate it again */
 	return s->inlen < SESSION_IN_MAX;
 }
 

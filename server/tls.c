@@ -200,6 +200,11 @@ void tls_rx_trim(struct tls *t)
 	}
 }
 
+bool tls_rx_room(const struct tls *t)
+{
+	return !t->rx || t->rxlen - t->rxoff < TLS_RX_MAX;
+}
+
 void tls_received(struct tls *t, size_t n)
 {
 	t->rxlen += n;

@@ -55,6 +55,9 @@ void tls_free(struct tls *t);
 void tls_rx_space(struct tls *t, char **buf, size_t *len);
 void tls_received(struct tls *t, size_t n);
 
+/* True when the receive buffer can take more (allocates nothing). */
+bool tls_rx_room(const struct tls *t);
+
 /* Frees the receive buffer when nothing waits in it: an idle session
  * should not keep 32 KiB. */
 void tls_rx_trim(struct tls *t);
