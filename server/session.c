@@ -901,8 +901,13 @@ void session_start(struct session *s, const char *refuse)
 		return;
 	}
 	session_enter(s, SESSION_PROXY);
-	if (!s->client_sa.ss_family ||
-	    !cidr_list_match(&s->cfg->proxy_trusted, (const struct sockaddr *)&s->client_sa)) {
+	if (!s->client_sa.ss_family) {
+		/* No peer address: the connection is already gone (a health
+		 * check that connects and closes at once). Nobody to tell. */
+		session_close(s, "client gone");
+		return;
+	}
+	if (!cidr_list_match(&s->cfg->proxy_trusted, (const struct sockaddr *)&s->client_sa)) {
 		session_proxy_error(s, "not in [server] proxy_trusted");
 		return;
 	}
