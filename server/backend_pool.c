@@ -167,6 +167,14 @@ static void backend_pool_queue_timer_cb(uv_timer_t *t)
 
 static void backend_pool_open(struct backend_pool *p);
 
+/* C (off every list) becomes W's until backend_pool_put(). */
+static void backend_pool_hand(struct backend_conn *c, struct backend_waiter *w)
+{
+	backend_conn_disarm(c);
+	c->pool_state = POOL_CONN_LENT;
+	w->ready(w, c, BACKEND_GOT);
+}
+
 /* A connection is the pool's and usable: lend it to the oldest waiter, or
  * keep it idle until idle_timeout. */
 static void backend_pool_offer(struct backend_pool *p, struct backend_conn *c)
@@ -175,9 +183,7 @@ static void backend_pool_offer(struct backend_pool *p, struct backend_conn *c)
 		struct backend_waiter *w = p->whead;
 		backend_pool_unqueue(p, w);
 		backend_pool_arm_queue(p);
-		backend_conn_disarm(c);
-		c->pool_state = POOL_CONN_LENT;
-		w->ready(w, c, BACKEND_GOT);
+		backend_pool_hand(c, w);
 		return;
 	}
 	c->pool_state = POOL_CONN_IDLE;
@@ -366,9 +372,7 @@ static void backend_pool_lend(struct backend_pool *p, struct backend_waiter *w)
 	if (p->idle.head) {
 		struct backend_conn *c = p->idle.head;
 		backend_pool_list_del(&p->idle, c);
-		backend_conn_disarm(c);
-		c->pool_state = POOL_CONN_LENT;
-		w->ready(w, c, BACKEND_GOT);
+		backend_pool_hand(c, w);
 		return;
 	}
 	if (p->down && !p->probing) {

@@ -148,7 +148,8 @@ def test_reloads_count_by_result_with_the_time_of_the_last_good_one(mxfront, fak
     started = s0.get("mxfront_start_time_seconds")
     assert abs(started - time.time()) < 60
     assert s0.get("mxfront_last_reload_success_timestamp_seconds") == started
-    time.sleep(1.1)  # the timestamp has a resolution of a second
+    # The timestamp has a resolution of a second: reload in the next one.
+    waits.wait_until(lambda: time.time() >= int(started) + 1, 5, "the next second")
     hup_ok(m)
     s1 = Scrape(addr)
     assert s1.delta(s0, "mxfront_reloads_total", result="ok") == 1
